@@ -1,0 +1,3 @@
+from llm_dit.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""LightningDataModules: study items for `predict` (image+caption data for `fit` lives in fit_data.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from llm_dit.study import Study, StudyItem
+
+
+class StudyBatches(Dataset):
+    """Pre-grouped batches: every batch holds items of one condition and image size.
+
+    The dataset's unit is a whole batch, so Lightning's distributed sampler splits
+    batches (not items) across ranks without padding duplicates into the results.
+    """
+
+    def __init__(self, batches: list[list[StudyItem]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> list[StudyItem]:
+        return self.batches[index]
+
+
+def group_into_batches(items: list[StudyItem], batch_size: int) -> list[list[StudyItem]]:
+    """Consecutive items with the same batch key, at most `batch_size` per batch."""
+    batches: list[list[StudyItem]] = []
+    for item in items:
+        if batches and len(batches[-1]) < batch_size and batches[-1][0].batch_key() == item.batch_key():
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    return batches
+
+
+def _unwrap(batch: list[list[StudyItem]]) -> list[StudyItem]:
+    return batch[0]
+
+
+class StudyDataModule(L.LightningDataModule):
+    """Serves a study's items for `trainer.predict`.
+
+    Args:
+        study: the study spec (prompts, seeds, conditions; see llm_dit.study.Study).
+        batch_size: images generated together (same condition); seeds batch well.
+        limit_items: run only the first N items (smoke tests).
+    """
+
+    def __init__(self, study: Study, batch_size: int = 4, limit_items: int | None = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.study = study if isinstance(study, Study) else Study(**study)
+        self.batch_size = batch_size
+        self.limit_items = limit_items
+        self.items = self.study.items()  # validates: bad input fails here, before any model loads
+        if limit_items is not None:
+            self.items = self.items[:limit_items]
+
+    def predict_dataloader(self) -> DataLoader:
+        batches = group_into_batches(self.items, self.batch_size)
+        return DataLoader(StudyBatches(batches), batch_size=1, collate_fn=_unwrap, num_workers=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"study": self.study.name, "items": len(self.items)}

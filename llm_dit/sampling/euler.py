@@ -1,0 +1,81 @@
+"""The Euler flow-match loop with CFG and skip-layer guidance, in ZImagePipeline's arithmetic.
+
+Kept numerically identical to diffusers 0.42.1's `ZImagePipeline.__call__`: the
+transformer gets t = (1000 - timestep) / 1000, the positive and negative branches
+run as one batch [pos..., neg...], CFG is pos + g * (pos - neg) in float32, the
+prediction is negated and handed to the scheduler's Euler step in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+
+import surgery
+
+
+def run_transformer(
+    transformer: ZImageTransformer2DModel, latents: torch.Tensor, timestep: torch.Tensor, cap_feats: list[torch.Tensor]
+) -> torch.Tensor:
+    """One DiT call on a batch of fp32 latents [B,16,h,w]; returns float32 [B,16,h,w]."""
+    model_input = list(latents.to(transformer.dtype).unsqueeze(2).unbind(dim=0))
+    outputs = transformer(model_input, timestep, cap_feats, return_dict=False)[0]
+    return torch.stack([out.float() for out in outputs], dim=0).squeeze(2)
+
+
+def denoise(
+    transformer: ZImageTransformer2DModel,
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    latents: torch.Tensor,
+    cap_feats: list[torch.Tensor],
+    guidance_scale: float = 0.0,
+    negative_cap_feats: list[torch.Tensor] | None = None,
+    skip_layer_guidance: surgery.SkipLayerGuidance | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run the whole schedule of `scheduler` from noise `latents` (float32) to clean latents."""
+    batch = latents.shape[0]
+    use_cfg = guidance_scale > 0
+    if use_cfg and (negative_cap_feats is None or len(negative_cap_feats) != batch):
+        raise ValueError("CFG needs one negative caption per item")
+    timesteps = scheduler.timesteps
+    for step, t in enumerate(timesteps):
+        timestep = (1000 - t.expand(batch)) / 1000
+        if use_cfg:
+            out = run_transformer(transformer, latents.repeat(2, 1, 1, 1), timestep.repeat(2), cap_feats + negative_cap_feats)
+            positive, negative = out[:batch], out[batch:]
+            prediction = positive + guidance_scale * (positive - negative)
+        else:
+            positive = prediction = run_transformer(transformer, latents, timestep, cap_feats)
+        if skip_layer_guidance is not None and skip_layer_guidance.active(step, len(timesteps)):
+            with surgery.skip_layers_context(transformer, target="layers", layers=skip_layer_guidance.layers):
+                skipped = run_transformer(transformer, latents, timestep, cap_feats)
+            prediction = prediction + skip_layer_guidance.scale * (positive - skipped)
+        latents = scheduler.step((-prediction).to(torch.float32), t, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(step)
+    return latents
+
+
+def initial_noise(seeds: list[int], height: int, width: int, channels: int = 16) -> torch.Tensor:
+    """Per-item noise drawn on the CPU from each item's own seed.
+
+    Independent of batch composition, rank and device, so an item's image never
+    depends on what it was batched with or where it ran. Matches ZImagePipeline
+    called with `generator=torch.Generator().manual_seed(seed)` for one image.
+    """
+    shape = (1, channels, 2 * (height // 16), 2 * (width // 16))
+    return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds], dim=0)
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """VAE decode as ZImagePipeline does; returns [B,3,H,W] float32 in [0,1]."""
+    latents = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    image = vae.decode(latents, return_dict=False)[0]
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+maybe = nullcontext  # readability alias: `with (ctx if cond else maybe())`
