@@ -24,6 +24,8 @@ USER_ERRORS = (ValueError, FileNotFoundError)
 class StudyCLI(LightningCLI):
     """LightningCLI that files every run under lightning_logs/<run name> and always writes results."""
 
+    started = False  # set once the run begins: errors after that are bugs, not bad input
+
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True):
@@ -38,6 +40,13 @@ class StudyCLI(LightningCLI):
         return trainer
 
     def before_predict(self) -> None:
+        self.validate_before_run()
+        self.started = True
+
+    def before_fit(self) -> None:
+        self.started = True
+
+    def validate_before_run(self) -> None:
         study = getattr(self.datamodule, "study", None)
         if study is not None:
             self.model.validate_study(study)
@@ -116,10 +125,22 @@ def main() -> None:
     try:
         cli_main()
     except USER_ERRORS as error:
-        if os.environ.get("LLM_DIT_DEBUG"):
+        if os.environ.get("LLM_DIT_DEBUG") or _run_started(error):
             raise
         print(f"error: {error}  (set LLM_DIT_DEBUG=1 for a traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _run_started(error: BaseException) -> bool:
+    """True when the error came from inside a running trainer (show its traceback)."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_name in ("_run_subcommand",) and traceback.tb_next is not None:
+            frame_self = traceback.tb_frame.f_locals.get("self")
+            if getattr(frame_self, "started", False):
+                return True
+        traceback = traceback.tb_next
+    return False
 
 
 if __name__ == "__main__":

@@ -98,6 +98,12 @@ class ZImageModule(L.LightningModule):
 
     # ----- prediction ---------------------------------------------------------------
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Study items hold no tensors (they are frozen dataclasses): nothing to move."""
+        if isinstance(batch, list) and batch and isinstance(batch[0], StudyItem):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def predict_step(self, batch: list[StudyItem], batch_idx: int = 0) -> GeneratedBatch:
         resumed = [item.item_id in self.finished_items for item in batch]
         todo = [item for item, done in zip(batch, resumed) if not done]
