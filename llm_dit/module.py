@@ -40,6 +40,9 @@ class ZImageModule(L.LightningModule):
         cache_refiner: reuse the context refiner's output across steps (bit-identical).
         record_refiner_drift: probe the context refiner and report per-layer token drift.
         progress: show a per-step progress bar inside each batch.
+        encoder_padding: "none" encodes each prompt unpadded (no wasted work, and a
+            prompt's features never depend on its batch-mates); "diffusers" pads the
+            batch to max_length as ZImagePipeline does (bit-identical to it).
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class ZImageModule(L.LightningModule):
         cache_refiner: bool = True,
         record_refiner_drift: bool = False,
         progress: bool = False,
+        encoder_padding: str = "none",
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
@@ -73,7 +77,7 @@ class ZImageModule(L.LightningModule):
         self.text_encoder = components.text_encoder
         self.transformer = components.transformer
         self.vae = components.vae
-        self.encoder = ZImageTextEncoder(components.text_encoder, components.tokenizer)
+        self.encoder = ZImageTextEncoder(components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
 
     def validate_study(self, study: Study) -> None:
         """Checks that need the model's shape (not its weights): hidden-layer range."""
