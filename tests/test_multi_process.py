@@ -1,0 +1,89 @@
+"""Two-process predict (DDP on gloo, CPU): every item exactly once, same images as one process, resumable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks.writer import StudyWriter, read_rows
+from llm_dit.data import StudyDataModule
+from llm_dit.module import ZImageModule
+from llm_dit.study import Study
+
+pytestmark = pytest.mark.slow
+
+
+def study() -> Study:
+    # 3 prompts x 2 seeds x 2 conditions = 12 items in batches of 2 -> 6 batches... plus an odd one out
+    return Study(
+        name="ddp",
+        prompts=["A cat", "A dog", "A bird"],
+        seeds=[1, 2],
+        conditions=[{"name": "short", "sampler": {"steps": 1}}],
+        sampler={"steps": 2, "height": 32, "width": 32},
+    )
+
+
+class CrashOnRank(Callback):
+    """Kills one rank's process (no clean shutdown) after it finished `batches` batches."""
+
+    def __init__(self, rank: int, batches: int) -> None:
+        self.rank, self.batches, self.seen = rank, batches, 0
+
+    def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
+        self.seen += 1
+        if trainer.global_rank == self.rank and self.seen == self.batches:
+            os._exit(1)
+
+
+def predict(root: Path, devices: int, batch_size: int = 3, callbacks=()) -> None:
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+        default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,
+        logger=TensorBoardLogger(root, name="lightning_logs", version="ddp"),
+        callbacks=[*callbacks, StudyWriter()],
+    )
+    trainer.predict(ZImageModule(weights="tiny"), datamodule=StudyDataModule(study(), batch_size=batch_size),
+                    return_predictions=False)
+
+
+def images(root: Path) -> dict[str, bytes]:
+    run = root / "lightning_logs" / "ddp"
+    return {row["item_id"]: (run / row["image"]).read_bytes() for row in read_rows(run / "results.jsonl")}
+
+
+def test_two_processes_match_one(tmp_path, monkeypatch):
+    # Lightning gives each of the 2 CPU ranks cpu_count // 2 threads; thread count changes
+    # float reduction order, so the 1-process reference runs with the same count.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    try:
+        predict(tmp_path / "one", devices=1)
+    finally:
+        torch.set_num_threads(threads)
+    predict(tmp_path / "two", devices=2)
+    expected = sorted(item.item_id for item in study().items())
+    one, two = images(tmp_path / "one"), images(tmp_path / "two")
+    rows = read_rows(tmp_path / "two" / "lightning_logs" / "ddp" / "results.jsonl")
+    assert sorted(r["item_id"] for r in rows) == expected  # every item exactly once, no padded duplicates
+    assert one == two  # identical PNG bytes
+
+
+def test_killed_rank_resumes_without_repeating(tmp_path):
+    with pytest.raises(Exception):
+        predict(tmp_path, devices=2, batch_size=2, callbacks=[CrashOnRank(rank=1, batches=1)])
+    run = tmp_path / "lightning_logs" / "ddp"
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.glob("images/*/*.png")}
+    assert 0 < len(before) < len(study().items())
+    predict(tmp_path, devices=2, batch_size=2)
+    rows = read_rows(run / "results.jsonl")
+    assert sorted(r["item_id"] for r in rows) == sorted(item.item_id for item in study().items())
+    for path, mtime in before.items():
+        assert (run / path).stat().st_mtime_ns == mtime
