@@ -46,6 +46,16 @@ class LiveChange:
 _LIVE: dict[int, LiveChange] = {}
 
 
+@dataclass(eq=False)  # found by identity in its slot
+class _Swap:
+    original: nn.Module
+    replacement: nn.Module
+
+
+# (id(parent), child name) -> live swaps of that slot, oldest first.
+_SLOTS: dict[tuple[int, str], list[_Swap]] = {}
+
+
 def live_hooks() -> list[str]:
     """Descriptions of every hook and swap added by any registry and not yet undone."""
     return [f"{change.kind}:{change.name}" for change in _LIVE.values()]
@@ -94,24 +104,35 @@ class HookRegistry:
         """Put `replacement` where `parent.<child>` is (a ModuleList item: child "3"); returns the original.
 
         Undo puts the very same original object back, so module ids, classes and
-        the state_dict are what they were.
+        the state_dict are what they were. Swaps of one slot form a stack; if one
+        is undone while a newer swap of the slot is still live (contexts closed
+        out of order), the newer one inherits its original and stays in place
+        until it is undone itself, so the last undo still restores the model.
         """
         if child not in parent._modules:
             raise KeyError(f"{type(parent).__name__} has no child module {child!r}")
-        original = parent._modules[child]
+        swap = _Swap(parent._modules[child], replacement)
+        slot = _SLOTS.setdefault((id(parent), child), [])
         setattr(parent, child, replacement)
+        slot.append(swap)
 
         def undo() -> None:
-            if parent._modules.get(child) is not replacement:
+            position = slot.index(swap)
+            if position == len(slot) - 1:
+                setattr(parent, child, swap.original)
+            else:
+                slot[position + 1].original = swap.original
                 warnings.warn(
-                    f"surgery: {name}: {child!r} was replaced by someone else since; restoring the original anyway "
-                    "(contexts exited out of order?)",
-                    stacklevel=3,
+                    f"surgery: {name} was removed out of order: a newer surgery on {child!r} was built on top of it "
+                    "and stays in place until it is removed",
+                    stacklevel=4,
                 )
-            setattr(parent, child, original)
+            slot.pop(position)
+            if not slot:
+                _SLOTS.pop((id(parent), child), None)
 
         self._track("swap", name, parent, undo)
-        return original
+        return swap.original
 
     def remove(self) -> None:
         """Undo every change of this registry, newest first; keeps going past a failing undo."""

@@ -1,0 +1,130 @@
+"""Refiner cache: run the context refiner once per prompt batch, not once per step.
+
+The context refiner has no timestep input, so over a sampling loop it gets the
+same caption features every step and returns the same output. The cache swaps
+`transformer.context_refiner` for a `CachedBlockList`: the same block objects
+under the same names (state_dict keys unchanged), but iterating it, which is
+what the forward loop `for layer in self.context_refiner` does, yields one
+runner that returns the stored output when the input is `torch.equal` to a
+stored one and otherwise runs the blocks and stores the result.
+
+Outputs are bit-identical to running the blocks, because a hit returns the very
+tensor computed for the same input. The cache only serves with autograd off: with
+grad enabled (training) iteration yields the real blocks, so gradients,
+gradient checkpointing and changing weights behave as without it. A stored entry
+is also dropped when any block parameter was modified in place since (optimizer
+steps, `load_state_dict`), tracked through the tensors' version counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from surgery.hooks import HookRegistry
+from surgery.targets import TIMESTEP_FREE_TARGETS, blocks_of, get_blocks
+
+
+@dataclass
+class _Entry:
+    x: torch.Tensor
+    mask: torch.Tensor | None
+    freqs: torch.Tensor
+    weights_version: tuple[int, ...]
+    output: torch.Tensor
+
+
+class CachedBlockList(nn.ModuleList):
+    """The blocks of a timestep-free list, served from a small input -> output cache.
+
+    Attributes:
+        hits, misses: counts of served and computed calls (for logs and tests).
+        max_entries: how many distinct inputs to keep; more than one so a CFG
+            batch [pos, neg] and a skip-layer-guidance pass on [pos] alone don't
+            evict each other every step.
+    """
+
+    is_refiner_cache = True
+
+    def __init__(self, blocks: nn.ModuleList, max_entries: int = 4) -> None:
+        super().__init__(blocks_of(blocks))
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: list[_Entry] = []
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        if torch.is_grad_enabled():
+            return super().__iter__()
+        return iter([self._run])
+
+    def __repr__(self) -> str:
+        # ModuleList's repr iterates the list, which would show the runner.
+        return f"Cached{nn.Module.__repr__(self)}"
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor, *rest: object) -> torch.Tensor:
+        version = self._weights_version()
+        for entry in self._entries:
+            if entry.weights_version == version and _same(entry.x, x) and _same(entry.mask, mask) and _same(entry.freqs, freqs):
+                self.hits += 1
+                return entry.output
+        self.misses += 1
+        output = x
+        for block in blocks_of(self):
+            output = block(output, mask, freqs, *rest)
+        kept = [e for e in self._entries if e.weights_version == version]
+        self._entries = kept[len(kept) - self.max_entries + 1 :] if self.max_entries > 1 else []
+        self._entries.append(_Entry(x, mask, freqs, version, output))
+        return output
+
+    def _weights_version(self) -> tuple[int, ...]:
+        return tuple(_version(p) for p in self.parameters())
+
+
+def _version(tensor: torch.Tensor) -> int:
+    # Weights created under inference_mode have no version counter; they cannot be
+    # modified outside inference mode either, so their storage address is enough.
+    try:
+        return tensor._version
+    except RuntimeError:
+        return tensor.data_ptr()
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+@contextmanager
+def cache_context_refiner(
+    transformer: nn.Module, target: str = "context_refiner", max_entries: int = 4
+) -> Iterator[CachedBlockList]:
+    """Serve `transformer.<target>` from a cache while the context is open; yields the cache.
+
+    Enter it after structural surgery (`surgery.apply`) so it wraps the list the
+    surgery built; structural surgery inside it is refused.
+    """
+    if target not in TIMESTEP_FREE_TARGETS:
+        raise ValueError(
+            f"cannot cache {target!r}: its blocks take the timestep; cacheable targets: {', '.join(TIMESTEP_FREE_TARGETS)}"
+        )
+    if max_entries < 1:
+        raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+    blocks = get_blocks(transformer, target)
+    if getattr(blocks, "is_refiner_cache", False):
+        raise RuntimeError(f"{target} is already cached; enter cache_context_refiner once")
+    cache = CachedBlockList(blocks, max_entries)
+    with HookRegistry(f"cache:{target}") as registry:
+        registry.swap_child(transformer, target, cache, name=target)
+        try:
+            yield cache
+        finally:
+            cache.clear()  # drop the stored activations with the context

@@ -1,0 +1,71 @@
+"""`style_adapter`: apply a context-refiner adapter exported by `fit`, reversibly.
+
+    surgery: [{variant: style_adapter, path: lightning_logs/refiner_style_adapter/adapter, scale: 1.0}]
+
+The adapter (see llm_dit/training) is rebuilt as a new block list and swapped in
+for `context_refiner` through the registry, so the base blocks and weights are
+never edited and leaving the context gives back the exact model. `scale`
+weighs the adapter: 0 is the base model bit for bit (the adapter does not run),
+1 is the adapter as trained, values in between (or beyond) interpolate: the LoRA
+delta, the appended blocks' residual, or the full fine-tune's weights
+(base + scale * (tuned - base)). An adapter made for another base model is
+refused, naming both fingerprints.
+
+List it first in a condition's surgery: the base fingerprint is taken from the
+transformer as the preceding specs left it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from surgery.hooks import HookRegistry
+from surgery.spec import SurgerySpec, register_variant
+from surgery.targets import blocks_of, get_blocks
+from surgery.variants import swap_blocks
+
+
+@register_variant("style_adapter")
+@dataclass(kw_only=True)
+class StyleAdapter(SurgerySpec):
+    """Run the context refiner with a trained style adapter.
+
+    Attributes:
+        path: the adapter folder a fit wrote (`<run>/adapter`), or its adapter.json.
+        scale: adapter strength; 0 = base model exactly, 1 = as trained.
+    """
+
+    path: str
+    scale: float = 1.0
+
+    def check(self) -> None:
+        if self.target != "context_refiner":
+            raise ValueError(f"surgery variant 'style_adapter' adapts the context_refiner only, got target {self.target!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+            raise ValueError(f"surgery variant 'style_adapter': scale must be a finite number, got {self.scale!r}")
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"surgery variant 'style_adapter': path must be the adapter folder, got {self.path!r}")
+        from llm_dit.training.adapter_files import read_spec
+
+        read_spec(self.path)  # missing files or a foreign format fail at config time
+
+    def validate(self, n_blocks: int) -> None:
+        from llm_dit.training.adapter_files import read_spec
+
+        expected = read_spec(self.path).base_blocks
+        if expected != n_blocks:
+            raise ValueError(f"{self.label()}: the adapter was made for a {self.target} of {expected} blocks, this one has {n_blocks}")
+
+    def apply(self, transformer: nn.Module, registry: HookRegistry) -> None:
+        from llm_dit.training.adapter_files import load_adapter
+        from llm_dit.training.adapters import applied_blocks
+        from llm_dit.training.fingerprint import check_adapter_base
+
+        spec, tensors = load_adapter(self.path)
+        check_adapter_base(spec.base_fingerprint, spec.portable_fingerprint, transformer,
+                           f"style adapter {self.path!r}", spec.info.get("weights"))
+        base = blocks_of(get_blocks(transformer, self.target))
+        swap_blocks(transformer, self.target, applied_blocks(base, spec, tensors, float(self.scale)), registry, self.label())
