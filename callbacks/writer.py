@@ -30,13 +30,17 @@ class StudyWriter(BasePredictionWriter):
     """Writes every generated item: PNG, results row, and a TensorBoard grid per condition.
 
     Args:
-        log_grids: log an image grid per condition (prompts x seeds) to TensorBoard at the end.
+        log_grids: log an image grid per condition (prompts x seeds) to TensorBoard at the
+            end; "auto" does so unless a TensorBoardReview callback already logs grids.
     """
 
-    def __init__(self, log_grids: bool = True) -> None:
+    def __init__(self, log_grids: bool | str = "auto") -> None:
         super().__init__(write_interval="batch")
+        if log_grids not in (True, False, "auto"):
+            raise ValueError(f"log_grids must be true, false or 'auto', got {log_grids!r}")
         self.log_grids = log_grids
-        self._grid_images: dict[str, list[tuple[int, int, torch.Tensor]]] = {}
+        self._log_grids_now = False
+        self._previous_rows: dict[str, dict[str, Any]] = {}
 
     # ----- start: find what is done ---------------------------------------------------
 
@@ -44,8 +48,13 @@ class StudyWriter(BasePredictionWriter):
         folder = run_dir(trainer)
         if trainer.is_global_zero:
             write_run_record(trainer, pl_module, folder)
-        pl_module.finished_items = finished_items(folder)
-        self._grid_images = {}
+        self._previous_rows = all_rows(folder)
+        pl_module.finished_items = finished_items(folder, self._previous_rows)
+        self._log_grids_now = self.log_grids is True
+        if self.log_grids == "auto":
+            from callbacks.tensorboard_review import TensorBoardReview
+
+            self._log_grids_now = not any(isinstance(c, TensorBoardReview) for c in trainer.callbacks)
 
     # ----- per batch --------------------------------------------------------------------
 
@@ -62,12 +71,15 @@ class StudyWriter(BasePredictionWriter):
         folder = run_dir(trainer)
         rows = []
         for index, item in enumerate(prediction.items):
-            image = prediction.images[index]
-            if self.log_grids:
-                self._grid_images.setdefault(item.condition, []).append((item.prompt_index, item.seed, image))
             if prediction.resumed[index]:
+                # Metrics recomputed on a finished item (e.g. a callback added on this run)
+                # are merged into its earlier row.
+                fresh = {f"metric.{name}": values[index] for name, values in prediction.metrics.items()}
+                previous = self._previous_rows.get(item.item_id, {})
+                if any(previous.get(key) != value for key, value in fresh.items()):
+                    rows.append({**previous, **fresh})
                 continue
-            save_png_atomic(image, folder / item.image_name)
+            save_png_atomic(prediction.images[index], folder / item.image_name)
             rows.append(result_row(prediction, index))
         if rows:
             append_rows(folder / f"results.rank{trainer.global_rank}.jsonl", rows)
@@ -79,7 +91,7 @@ class StudyWriter(BasePredictionWriter):
         trainer.strategy.barrier("llm_dit_writer_merge")
         if trainer.is_global_zero:
             merge_shards(folder)
-        if self.log_grids:
+        if self._log_grids_now:
             self._log_grids(trainer)
 
     def _log_grids(self, trainer: L.Trainer) -> None:
@@ -168,21 +180,22 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def all_rows(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every row of the merged table and all shards, one per item id (first wins)."""
+    """Every row of the merged table and all shards, one per item id.
+
+    Later rows update earlier ones field by field (shards after the merged table),
+    so metrics added to a finished item on a re-run are kept.
+    """
     rows: dict[str, dict[str, Any]] = {}
     for path in [folder / RESULTS, *sorted(folder.glob("results.rank*.jsonl"))]:
         for row in read_rows(path):
-            rows.setdefault(row["item_id"], row)
+            rows.setdefault(row["item_id"], {}).update(row)
     return rows
 
 
-def finished_items(folder: Path) -> dict[str, Path]:
+def finished_items(folder: Path, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
     """Item id -> PNG path for items whose row and image both exist."""
-    return {
-        item_id: folder / row["image"]
-        for item_id, row in all_rows(folder).items()
-        if (folder / row["image"]).is_file()
-    }
+    rows = all_rows(folder) if rows is None else rows
+    return {item_id: folder / row["image"] for item_id, row in rows.items() if (folder / row["image"]).is_file()}
 
 
 def merge_shards(folder: Path) -> None:

@@ -87,6 +87,8 @@ def cli_main(args: list[str] | None = None) -> StudyCLI | None:
         return _report(args[1:])
     if args and args[0] == "hook-points":
         return _hook_points(args[1:])
+    if args and args[0] == "ab-page":
+        return _ab_page(args[1:])
     return StudyCLI(
         ZImageModule,
         LightningDataModule,
@@ -106,6 +108,24 @@ def _report(args: list[str]) -> None:
     parser.add_argument("run_dir", help="a run folder: lightning_logs/<study name>")
     options = parser.parse_args(args)
     print(write_report(options.run_dir))
+
+
+def _ab_page(args: list[str]) -> None:
+    import argparse
+
+    from llm_dit.report import export_ab_page
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llm_dit.cli ab-page",
+        description="Write ab_page.html: blind control-vs-condition pairs for a human preference study.",
+    )
+    parser.add_argument("run_dir", help="a run folder: lightning_logs/<study name>")
+    parser.add_argument("--pairs-per-condition", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--embed-images", action="store_true", help="inline the images (hides file names from raters)")
+    options = parser.parse_args(args)
+    print(export_ab_page(options.run_dir, pairs_per_condition=options.pairs_per_condition, seed=options.seed,
+                         embed_images=options.embed_images))
 
 
 def _hook_points(args: list[str]) -> None:

@@ -24,7 +24,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
+from callbacks import figures
 from callbacks.clip_score import ClipScoreCallback
 from callbacks.detail import DetailScoreCallback, laplacian_variance
 from callbacks.fid import ConditionFID, FidCallback, RandomFeatureNet
@@ -34,7 +36,7 @@ from callbacks.tensorboard_review import TensorBoardReview
 from callbacks.timing import TimingCallback
 
 TINY_CLIP = "llmdit-test-tiny-clip"  # random-init test architecture, registered below
-SHIFTS, STEPS, SEEDS = (2.0, 3.0), (4, 8), (1, 2, 3)
+SHIFTS, STEPS, SEEDS = (2.0, 3.0), (4, 8), (1, 2)
 PROMPTS = [("A red cat on a couch", "animal"), ("Portrait of a woman", "portrait"), ("Neon city at night", "landscape")]
 
 
@@ -75,14 +77,29 @@ def study_items() -> list[FakeItem]:
     for c, (shift, steps) in enumerate((s, n) for s in SHIFTS for n in STEPS):
         name = f"shift={shift},steps={steps}"
         for p, (text, kind) in enumerate(PROMPTS):
-            meta = {"elements": ["a red cat", "a couch"], "construction": "front_heavy", "target_tokens": 1024} if p == 0 else {}
+            meta = (
+                {"elements": ["a red cat", "a couch"], "construction": "front_heavy", "target_tokens": 1024}
+                if p == 0
+                else {}
+            )
             for seed in SEEDS:
-                items.append(FakeItem(
-                    f"{name}/p{p:03d}_s{seed}", "grid", name, c, p, text, text, kind, seed,
-                    SimpleNamespace(shift=shift, steps=steps, guidance_scale=0.0, height=32, width=32),
-                    SimpleNamespace(max_length=512, long_prompt_mode="truncate"),
-                    {"shift": shift, "steps": steps}, meta,
-                ))
+                items.append(
+                    FakeItem(
+                        f"{name}/p{p:03d}_s{seed}",
+                        "grid",
+                        name,
+                        c,
+                        p,
+                        text,
+                        text,
+                        kind,
+                        seed,
+                        SimpleNamespace(shift=shift, steps=steps, guidance_scale=0.0, height=32, width=32),
+                        SimpleNamespace(max_length=512, long_prompt_mode="truncate"),
+                        {"shift": shift, "steps": steps},
+                        meta,
+                    )
+                )
     return items
 
 
@@ -101,11 +118,14 @@ class FakeGenerator(L.LightningModule):
         self.resumed_ids = resumed_ids
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch  # frozen items hold no tensors, as in ZImageModule
+
     def predict_step(self, batch: list[FakeItem], batch_idx: int) -> FakeBatch:
         return FakeBatch(
             items=batch,
             images=torch.stack([fake_image(i) for i in batch]),
-            seconds_per_image=0.01 * batch[0].sampler.steps,
+            seconds_per_image=0.05,
             peak_memory_bytes=None,
             resumed=[i.item_id in self.resumed_ids for i in batch],
             embeddings=[torch.zeros(5 + i.prompt_index, 8) for i in batch],
@@ -123,13 +143,27 @@ class Recorder(L.Callback):
             self.metrics[item.item_id] = {k: v[i] for k, v in outputs.metrics.items()}
 
 
-def predict(root: Path, callbacks: list, items: list[FakeItem], module: L.LightningModule | None = None, devices: int = 1, **trainer_args) -> Path:
+def predict(
+    root: Path,
+    callbacks: list,
+    items: list[FakeItem],
+    module: L.LightningModule | None = None,
+    devices: int = 1,
+    **trainer_args,
+) -> Path:
     logger = TensorBoardLogger(root, name="lightning_logs", version="grid")
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, logger=logger, callbacks=callbacks, enable_progress_bar=False,
-        enable_model_summary=False, **trainer_args,
+        accelerator="cpu",
+        devices=devices,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_args,
     )
-    loader = torch.utils.data.DataLoader(items, batch_size=4, collate_fn=list)
+    loader = torch.utils.data.DataLoader(
+        items, batch_size=6, collate_fn=list
+    )  # 6 items per condition: never mixes conditions
     trainer.predict(module or FakeGenerator(), loader, return_predictions=False)
     return Path(logger.log_dir)
 
@@ -174,7 +208,9 @@ def test_laplacian_variance_matches_numpy_and_orders_sharpness():
 
 
 def test_seed_pairs_groups_by_condition_and_prompt():
-    keys = torch.tensor([[0, 0, 1], [0, 0, 2], [0, 0, 3], [0, 1, 1], [1, 0, 1], [1, 0, 7], [0, 0, 2]], dtype=torch.float64)
+    keys = torch.tensor(
+        [[0, 0, 1], [0, 0, 2], [0, 0, 3], [0, 1, 1], [1, 0, 1], [1, 0, 7], [0, 0, 2]], dtype=torch.float64
+    )
     pairs = seed_pairs(keys)
     assert set(pairs) == {(0, 0), (1, 0)}  # (0, 1) has one seed: no pair
     assert len(pairs[(0, 0)]) == 3  # seeds {1, 2, 3}; the repeated seed 2 counts once
@@ -201,31 +237,77 @@ def test_condition_fid_equals_torchmetrics_per_condition():
         assert result[c][1] == 12
 
 
-def _sync_worker(rank: int, world: int, port: int, out: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    values, images = ConditionValues().to("cpu"), KeyedImages(4)
-    if rank == 0:  # rank 1 sees nothing at all: empty typed states must still gather
-        values.update(torch.tensor([0.0, 0, 1]), torch.tensor([0.0, 1, 0]), torch.tensor([42.0, 42, 2**40]), torch.tensor([1.0, 3.0, float("nan")]))
-        images.update(torch.tensor([[0.0, 0, 42]]), torch.ones(1, 3, 8, 8))
-    columns = compute_quietly(values)
-    keys, pixels = compute_quietly(images)
-    if rank == 0:
-        torch.save({"summary": summarize(columns), "seed": columns["seed"], "keys": keys, "pixels": pixels}, out)
-    torch.distributed.destroy_process_group()
+def test_pareto_front_and_figures_are_pure(tmp_path):
+    #            cheap+bad  cheap+good  mid+good(dominated)  slow+best
+    seconds, quality = [1.0, 1.0, 2.0, 3.0], [1.0, 2.0, 1.5, 3.0]
+    assert figures.pareto_front(seconds, quality) == [1, 3]
+    assert figures.pareto_front(seconds, [-q for q in quality], higher_is_better=False) == [1, 3]
+    made = [
+        figures.metric_heatmap(["a", "b"], ["c1", "c2"], [[1.0, float("nan")], [2.0, 3.0]], "clip_score"),
+        figures.pareto_figure([2.0, 2.0, 3.0, 3.0], [4, 8, 4, 8], seconds, quality, "clip_score"),
+        figures.compression_curve_figure({"pool": [(1.0, 20.0, 19.0, 21.0), (2.0, 18.0, 17.0, 19.0)]}, "clip_score"),
+        figures.cosine_matrix_figure(["l-1", "l-2"], [[1.0, 0.9], [0.9, 1.0]]),
+        figures.drift_figure(
+            ["input", "refiner.0", "refiner.1"], {"portrait": [1.0, 0.95, 0.9], "abstract": [1.0, 0.9, 0.7]}
+        ),
+        figures.condition_bar_figure(["c", "d"], [1.0, 2.0], [0.5, 1.5], [1.5, 2.5], "clip_score", control="c"),
+    ]
+    import matplotlib.pyplot as plt
+
+    assert not plt.get_fignums()  # no pyplot state: nothing to leak
+    pareto_axes = made[1].axes[0]
+    assert len(pareto_axes.get_lines()) == 3  # two shifts + the front
+    for index, fig in enumerate(made):
+        assert figures.save_figure(fig, tmp_path / f"figure_{index}.png").stat().st_size > 1000
 
 
-def test_metric_states_sync_when_a_rank_is_empty(tmp_path):
-    import socket
+def two_ranks(make, fill_rank0, fill_rank1):
+    """Compute ``make()`` as rank 0 of two, with rank 1's states gathered through a fake all_gather.
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = tmp_path / "sync.pt"
-    torch.multiprocessing.spawn(_sync_worker, args=(2, port, str(out)), nprocs=2, join=True)
-    result = torch.load(out)
-    assert result["summary"] == {0: (2.0, 2)}  # condition 1 had only a NaN: no value
-    assert result["seed"].tolist()[-1] == 2**40  # float64 keys keep large seeds exact
-    assert result["keys"].shape == (1, 3) and result["pixels"].dtype == torch.uint8 and result["pixels"].shape == (1, 3, 4, 4)
+    The fake checks what a real gather needs (same dtype and trailing shape on
+    every rank); the multi-process run is ``test_two_ranks_aggregate_like_one``.
+    """
+    sent: list[torch.Tensor] = []
+    other = make(dist_sync_fn=lambda t, group=None: sent.append(t) or [t], distributed_available_fn=lambda: True)
+    fill_rank1(other)
+    compute_quietly(other)
+    queue = iter(sent)
+
+    def gather(tensor, group=None):
+        theirs = next(queue)
+        assert theirs.dtype == tensor.dtype and theirs.shape[1:] == tensor.shape[1:], "ranks would not gather"
+        return [tensor, theirs]
+
+    mine = make(dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    fill_rank0(mine)
+    return compute_quietly(mine)
+
+
+def test_metric_states_sync_when_a_rank_is_empty():
+    def fill_values(metric):
+        metric.update(
+            torch.tensor([0.0, 0, 1]),
+            torch.tensor([0.0, 1, 0]),
+            torch.tensor([42.0, 42, 2**40]),
+            torch.tensor([1.0, 3.0, float("nan")]),
+        )
+
+    for rank0, rank1 in ((fill_values, lambda m: None), (lambda m: None, fill_values)):
+        columns = two_ranks(ConditionValues, rank0, rank1)
+        assert summarize(columns) == {0: (2.0, 2)}  # condition 1 had only a NaN: no value
+        assert columns["seed"].tolist()[-1] == 2**40  # float64 keys keep large seeds exact
+
+    def fill_images(metric):
+        metric.update(torch.tensor([[0.0, 0, 42]]), torch.ones(1, 3, 8, 8))
+
+    keys, pixels = two_ranks(lambda **kw: KeyedImages(4, **kw), lambda m: None, fill_images)
+    assert keys.shape == (1, 3) and pixels.dtype == torch.uint8 and pixels.shape == (1, 3, 4, 4)
+    features = two_ranks(
+        lambda **kw: ConditionFID(4, **kw),
+        lambda m: m.update(torch.rand(3, 4)),
+        lambda m: m.update(torch.rand(2, 4), torch.tensor([0, 0])),
+    )
+    assert features[0][1] == 2 and features[0][0] is not None
 
 
 # ----- the callbacks on a real Trainer ---------------------------------------------------------
@@ -245,18 +327,25 @@ def test_full_stack_writes_metrics_set_metrics_and_tensorboard(tmp_path, tiny_cl
         run = predict(tmp_path, callbacks, study_items())
 
     first = recorder.metrics["shift=2.0,steps=4/p000_s1"]
-    assert set(first) >= {"clip_score_random_init", "clip_score_encoded_random_init", "clip_elements_mean_random_init",
-                          "clip_element_0_random_init", "clip_probe_photo_random_init", "detail_score", "caption_tokens"}
+    assert set(first) >= {
+        "clip_score_random_init",
+        "clip_score_encoded_random_init",
+        "clip_elements_mean_random_init",
+        "clip_element_0_random_init",
+        "clip_probe_photo_random_init",
+        "detail_score",
+        "caption_tokens",
+    }
     assert 0 <= first["clip_score_random_init"] <= 100 and first["clip_element_1_random_init"] is not None
     assert recorder.metrics["shift=2.0,steps=4/p001_s1"]["clip_elements_mean_random_init"] is None  # no elements
     assert "seconds_per_image" not in first  # timing is summarised, the writer stores seconds itself
 
     sets = json.loads((run / "set_metrics.json").read_text())
     assert set(sets["fid_random_init"]["conditions"]) == {f"shift={s},steps={n}" for s in SHIFTS for n in STEPS}
-    assert all(e["n"] == 9 for e in sets["fid_random_init"]["conditions"].values())
+    assert all(e["n"] == 6 for e in sets["fid_random_init"]["conditions"].values())
     lpips = sets["lpips_diversity_random_init"]["conditions"]["shift=3.0,steps=8"]
     assert lpips["n"] == 3 and set(lpips["per_prompt"]) == {"0", "1", "2"}
-    assert sets["seconds_per_image"]["conditions"]["shift=3.0,steps=8"]["value"] == pytest.approx(0.08)
+    assert sets["seconds_per_image"]["conditions"]["shift=3.0,steps=8"]["value"] == pytest.approx(0.05)
     assert sets["caption_tokens"]["conditions"]["shift=2.0,steps=4"]["value"] == pytest.approx(6.0)
     detail = sets["detail_score"]["conditions"]
     assert detail["shift=2.0,steps=8"]["value"] > detail["shift=2.0,steps=4"]["value"]  # finer fake images
@@ -274,14 +363,28 @@ def test_full_stack_writes_metrics_set_metrics_and_tensorboard(tmp_path, tiny_cl
     assert len(events.Scalars("by_condition/detail_score")) == 4
     hparam_runs = sorted(p.name for p in (run / "hparams").iterdir())
     assert len(hparam_runs) == 4 and all(list((run / "hparams" / r).glob("events.out.tfevents.*")) for r in hparam_runs)
+    session = EventAccumulator(str(run / "hparams" / hparam_runs[1]), size_guidance={"scalars": 0})
+    session.Reload()
+    plugin = plugin_data_pb2.HParamsPluginData.FromString(
+        session.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    )
+    hparams = plugin.session_start_info.hparams
+    assert hparams["condition"].string_value == "shift=2.0,steps=8" and hparams["var.steps"].number_value == 8
+    assert "hparam/fid_random_init" in session.Tags()["scalars"]
     assert (run / "figures" / "pareto_shift_steps.png").is_file()
-    assert review.run is not None and len(review.run.rows) == 36
+    assert review.run is not None and len(review.run.rows) == 24
 
 
 def test_missing_weights_skip_with_one_clear_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))  # no cached LPIPS backbone
     recorder = Recorder()
-    callbacks = [ClipScoreCallback("ViT-B-32"), FidCallback(reference_dir=str(tmp_path)), LpipsDiversityCallback(), DetailScoreCallback(), recorder]
+    callbacks = [
+        ClipScoreCallback("ViT-B-32"),
+        FidCallback(reference_dir=str(tmp_path)),
+        LpipsDiversityCallback(),
+        DetailScoreCallback(),
+        recorder,
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = predict(tmp_path, callbacks, study_items()[:8])
@@ -313,15 +416,22 @@ def test_resumed_items_are_scored_and_take_seconds_from_the_table(tmp_path):
     assert all(recorder.metrics[i.item_id]["detail_score"] is not None for i in items)  # resumed ones too
     sets = json.loads((run / "set_metrics.json").read_text())
     seconds = sets["seconds_per_image"]["conditions"]["shift=2.0,steps=4"]
-    assert seconds["n"] == 6 and seconds["value"] == pytest.approx((3 * 5.0 + 3 * 0.04) / 6)
+    assert seconds["n"] == 6 and seconds["value"] == pytest.approx((3 * 5.0 + 3 * 0.05) / 6)
     assert sets["peak_memory_mb"]["conditions"]["shift=2.0,steps=4"]["value"] == 7.0  # max; fresh ones have None
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch + lightning: ~1 min on 2 CPU cores
 def test_two_ranks_aggregate_like_one(tmp_path, reference_dir):
     """ddp_spawn on CPU: each rank sees part of every condition; the synced numbers match one rank."""
+
     def run_with(devices: int, root: Path) -> dict:
-        callbacks = [DetailScoreCallback(), TimingCallback(), FidCallback(str(reference_dir), random_init_for_tests=True),
-                     LpipsDiversityCallback(resolution=32, random_init_for_tests=True), TensorBoardReview(thumbnail_size=8)]
+        callbacks = [
+            DetailScoreCallback(),
+            TimingCallback(),
+            FidCallback(str(reference_dir), random_init_for_tests=True),
+            LpipsDiversityCallback(resolution=32, random_init_for_tests=True),
+            TensorBoardReview(thumbnail_size=8),
+        ]
         kwargs = {"strategy": "ddp_spawn"} if devices > 1 else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -336,3 +446,60 @@ def test_two_ranks_aggregate_like_one(tmp_path, reference_dir):
             assert other["n"] == value["n"], (metric, condition)
             assert other["value"] == pytest.approx(value["value"], rel=1e-4), (metric, condition)
     assert not math.isnan(single["fid_random_init"]["conditions"]["shift=2.0,steps=4"]["value"])
+
+
+@pytest.mark.slow  # builds the embedded tiny Z-Image and generates: ~20 s on 2 CPU cores
+def test_with_the_real_tiny_pipeline_and_writer(tmp_path):
+    """The contract with ZImageModule / StudyWriter, not a fake: metrics land in results.jsonl."""
+    module_mod = pytest.importorskip("llm_dit.module")
+    from callbacks.writer import StudyWriter, read_rows
+    from llm_dit.data import StudyDataModule
+    from llm_dit.report import write_report
+    from llm_dit.study import Study
+
+    study = Study(
+        name="hl",
+        kind="hidden_layer",
+        prompts=[{"text": "A cat", "type": "animal"}, "A city"],
+        seeds=[1, 2],
+        sampler={"steps": 2, "height": 32, "width": 32},
+        control="layer=-2",
+        conditions=[
+            {"name": "layer=-2", "encoding": {"hidden_layer": -2}},
+            {"name": "layer=-1", "encoding": {"hidden_layer": -1}},
+        ],
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        logger=TensorBoardLogger(tmp_path, name="lightning_logs", version="hl"),
+        callbacks=[DetailScoreCallback(), TimingCallback(), TensorBoardReview(), StudyWriter(log_grids=False)],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.predict(
+            module_mod.ZImageModule(weights="tiny"),
+            datamodule=StudyDataModule(study, batch_size=2),
+            return_predictions=False,
+        )
+    run = tmp_path / "lightning_logs" / "hl"
+    rows = read_rows(run / "results.jsonl")
+    assert len(rows) == 8 and all(r["metric.detail_score"] > 0 and r["metric.caption_tokens"] > 0 for r in rows)
+    assert "### Q1.1:" in write_report(run, n_boot=100).read_text()
+
+
+def test_clip_loads_a_local_weights_file(tmp_path, tiny_clip):
+    """The ``pretrained=<file>`` path, with weights saved from the random-init test model."""
+    random_init = ClipScoreCallback(tiny_clip, random_init_for_tests=True)
+    assert random_init.enabled()
+    weights = tmp_path / "open_clip_model.pt"
+    torch.save(random_init._model.state_dict(), weights)
+    local = ClipScoreCallback(tiny_clip, pretrained=str(weights), convention="hessel")
+    assert local.enabled() and local.metric_names[0] == "clip_score"
+    items = study_items()[:2]
+    batch = FakeBatch(items, torch.stack([fake_image(i) for i in items]), 0.1, None, [False, False])
+    ours, reference = local.score(batch, torch.device("cpu")), random_init.score(batch, torch.device("cpu"))
+    assert ours["clip_score"] == pytest.approx([v / 40 for v in reference["clip_score_random_init"]])  # 2.5 vs 100
+    assert local.info("clip_score")["convention"] == "hessel: 2.5*max(cos,0)"

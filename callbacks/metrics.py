@@ -1,0 +1,336 @@
+"""Shared metric machinery: rank-safe metric states and the per-item metric callback base.
+
+Study items are spread over ranks by an unrepeated distributed sampler, so one
+rank may see a condition (or nothing at all) that another never sees. Every
+number the callbacks aggregate therefore lives in torchmetrics ``Metric`` list
+states, synced by ``compute()``. Two torchmetrics details shape this module:
+
+* a rank with an empty list state sends ``torch.tensor([], dtype=metric.dtype)``
+  (1-D, and ``metric.dtype`` falls back to float32 after ``.to(device)``), which
+  breaks the gather of 2-D or integer states. ``TypedListMetric`` fills empty
+  list states with a correctly typed, correctly shaped empty tensor first;
+* strings cannot travel in tensors: condition names and prompt metadata go
+  through ``gather_objects`` (``all_gather_object``), called on every rank in
+  the same order as the metric syncs.
+
+``ItemMetricCallback`` (base of the per-item metric callbacks): a subclass names
+its metrics up front (``metric_names``: the same on every rank, so every rank
+runs the same syncs in the same order) and implements ``score``. The base class
+
+* writes the per-item values into ``GeneratedBatch.metrics`` in
+  ``on_predict_batch_end`` (the prediction writer, which runs after the metric
+  callbacks, stores them as ``metric.<name>`` columns of results.jsonl);
+* keeps one ``ConditionValues`` per metric so the per-condition means are
+  synced across ranks at ``on_predict_end``;
+* writes those means to ``set_metrics.json`` on rank 0 (kind ``item_mean``).
+
+Resumed items (images loaded from disk) arrive in the batch like generated
+ones and are scored the same way, so a resumed run ends with complete metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torchmetrics import Metric
+
+SET_METRICS_FILE = "set_metrics.json"
+
+
+class TypedListMetric(Metric):
+    """A ``Metric`` whose list states keep their dtype and trailing shape when empty."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._list_specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+
+    def add_list_state(self, name: str, dtype: torch.dtype, trailing_shape: tuple[int, ...] = ()) -> None:
+        """Declare a concatenated list state of rows shaped ``trailing_shape``."""
+        self.add_state(name, default=[], dist_reduce_fx="cat")
+        self._list_specs[name] = (dtype, tuple(trailing_shape))
+
+    def _empty(self, name: str) -> Tensor:
+        dtype, shape = self._list_specs[name]
+        return torch.empty((0, *shape), dtype=dtype, device=self.device)
+
+    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+        for name in self._list_specs:
+            if isinstance(getattr(self, name), list) and not getattr(self, name):
+                setattr(self, name, [self._empty(name)])
+        super()._sync_dist(*args, **kwargs)
+
+    def column(self, name: str) -> Tensor:
+        """The concatenated state ``name`` (synced when called inside ``compute``)."""
+        value = getattr(self, name)
+        if isinstance(value, Tensor):
+            return value.to(self._list_specs[name][0])
+        if not value:
+            return self._empty(name)
+        return torch.cat([v.to(self._list_specs[name][0]) for v in value])
+
+
+class ConditionValues(TypedListMetric):
+    """Per-item values keyed by (condition_index, prompt_index, seed); NaN = missing.
+
+    ``compute()`` returns the synced columns; ``summarize`` reduces them per
+    condition. Keys are float64 so seeds up to 2**53 stay exact.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("condition", "prompt", "seed", "value"):
+            self.add_list_state(name, torch.float64)
+
+    def update(self, condition: Tensor, prompt: Tensor, seed: Tensor, value: Tensor) -> None:
+        for name, column in (("condition", condition), ("prompt", prompt), ("seed", seed), ("value", value)):
+            getattr(self, name).append(torch.as_tensor(column, dtype=torch.float64, device=self.device).reshape(-1))
+
+    def compute(self) -> dict[str, Tensor]:
+        return {name: self.column(name).cpu() for name in ("condition", "prompt", "seed", "value")}
+
+
+class KeyedImages(TypedListMetric):
+    """Small uint8 copies of images keyed by (condition, prompt, seed), gathered across ranks.
+
+    Used where a statistic needs images that may sit on different ranks: seed
+    pairs for LPIPS diversity, prompt x seed grids for TensorBoard.
+    """
+
+    def __init__(self, size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = size
+        self.add_list_state("keys", torch.float64, (3,))
+        self.add_list_state("pixels", torch.uint8, (3, size, size))
+
+    def update(self, keys: Tensor, images: Tensor) -> None:
+        """``keys``: [N, 3] (condition, prompt, seed); ``images``: [N, 3, H, W] in [0, 1]."""
+        self.keys.append(torch.as_tensor(keys, dtype=torch.float64, device=self.device).reshape(-1, 3))
+        self.pixels.append(to_uint8(resize_square(images.to(self.device), self.size)))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.column("keys").cpu(), self.column("pixels")
+
+
+def resize_square(images: Tensor, size: int) -> Tensor:
+    """Resize [N, 3, H, W] images to size x size (antialiased bilinear; aspect not kept)."""
+    images = images.float()
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.nn.functional.interpolate(
+        images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def item_keys(items: Iterable[Any], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    """(condition_index, prompt_index, seed) columns of a batch of ``StudyItem``s."""
+    items = list(items)
+    make = lambda values: torch.tensor(values, dtype=torch.float64, device=device)  # noqa: E731
+    return (
+        make([it.condition_index for it in items]),
+        make([it.prompt_index for it in items]),
+        make([it.seed for it in items]),
+    )
+
+
+def as_column(values: Iterable[float | None], device: torch.device | str = "cpu") -> Tensor:
+    """A float64 column with NaN where a value is missing."""
+    return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64, device=device)
+
+
+def summarize(columns: Mapping[str, Tensor], reduce: str = "mean") -> dict[int, tuple[float, int]]:
+    """Per condition index: (mean or max of the non-NaN values, count)."""
+    out: dict[int, tuple[float, int]] = {}
+    cond, value = columns["condition"], columns["value"]
+    for index in sorted({int(c) for c in cond.tolist()}):
+        vals = value[(cond == index) & ~torch.isnan(value)]
+        if len(vals):
+            stat = vals.max() if reduce == "max" else vals.mean()
+            out[index] = (float(stat), len(vals))
+    return out
+
+
+def compute_quietly(metric: Metric) -> Any:
+    """``metric.compute()`` without torchmetrics' warning for a rank that saw no update."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+        return metric.compute()
+
+
+def distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (just ``[obj]`` outside a process group)."""
+    if not distributed():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def gather_dict(local: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Union of a dict across ranks (first rank wins on conflicts)."""
+    merged: dict[Any, Any] = {}
+    for part in reversed(gather_objects(dict(local))):
+        merged.update(part)
+    return merged
+
+
+def run_dir_of(trainer: Any) -> Path | None:
+    """The run directory: the logger's ``log_dir`` (None without a logger)."""
+    logger = getattr(trainer, "logger", None)
+    log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+    return Path(log_dir) if log_dir else None
+
+
+def update_set_metrics(run_dir: Path, entries: Mapping[str, Any]) -> Path:
+    """Merge ``entries`` into ``run_dir/set_metrics.json`` (atomic replace; call on rank 0).
+
+    Format: ``{metric: {"kind": ..., "conditions": {name: {"value", "n", ...}}, "info": {...}}}``.
+    """
+    path = Path(run_dir) / SET_METRICS_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def read_results_table(run_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """Rows of results.jsonl and its per-rank shards by item_id ({} when absent); for resumed items."""
+    if run_dir is None:
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for path in [Path(run_dir) / "results.jsonl", *sorted(Path(run_dir).glob("results.rank*.jsonl"))]:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line after a crash
+                continue
+            rows.setdefault(str(row.get("item_id")), row)
+    return rows
+
+
+class ItemMetricCallback(Callback):
+    """Scores every item of every predict batch; subclasses implement ``score``."""
+
+    #: reduction per metric for the per-condition summary ("mean" unless listed)
+    reductions: dict[str, str] = {}
+    #: metrics aggregated per condition but not added to ``GeneratedBatch.metrics``
+    private_metrics: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values: dict[str, ConditionValues] = {}
+        self._condition_names: dict[int, str] = {}
+        self._summary: dict[str, dict[str, dict[str, float | int]]] | None = None
+        self._warned = False
+
+    # -- subclass interface -------------------------------------------------
+    @property
+    def metric_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def enabled(self) -> bool:
+        """False when the metric cannot run (e.g. no weights); then nothing is scored."""
+        return True
+
+    def prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Load models / move them to ``pl_module.device`` (called at predict start)."""
+
+    def score(self, batch: Any, device: torch.device) -> dict[str, list[float | None]]:
+        """Per-item values for each name in ``metric_names`` (None = not applicable)."""
+        raise NotImplementedError
+
+    def info(self, metric: str) -> dict[str, Any]:
+        """Provenance of ``metric``, stored next to its summary in set_metrics.json."""
+        return {}
+
+    # -- helpers --------------------------------------------------------------
+    def warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            rank_zero_warn(message)
+
+    # -- Lightning hooks ------------------------------------------------------
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.prepare(trainer, pl_module)
+        self._summary = None
+        self._condition_names = {}
+        self._values = (
+            {name: ConditionValues().to(pl_module.device) for name in self.metric_names} if self.enabled() else {}
+        )
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self.enabled() or outputs is None or not outputs.items:
+            return
+        scores = self.score(outputs, pl_module.device)
+        keys = item_keys(outputs.items, pl_module.device)
+        for name in self.metric_names:
+            values = scores.get(name) or [None] * len(outputs.items)
+            if name not in self.private_metrics:
+                outputs.metrics[name] = [None if v is None or math.isnan(v) else float(v) for v in values]
+            self._values[name].update(*keys, as_column(values, pl_module.device))
+        for item in outputs.items:
+            self._condition_names[item.condition_index] = item.condition
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        summary = self.condition_summary()
+        run_dir = run_dir_of(trainer)
+        if trainer.is_global_zero and run_dir is not None and summary:
+            update_set_metrics(
+                run_dir,
+                {
+                    name: {
+                        "kind": "item_" + self.reductions.get(name, "mean"),
+                        "conditions": conds,
+                        "info": self.info(name),
+                    }
+                    for name, conds in summary.items()
+                    if conds
+                },
+            )
+
+    def condition_summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
+        """``{metric: {condition name: {"value", "n"}}}`` synced over ranks (cached).
+
+        Collective: call it on every rank (the hooks do).
+        """
+        if self._summary is None:
+            names = gather_dict(self._condition_names)
+            self._summary = {}
+            for metric, state in self._values.items():
+                per_index = summarize(compute_quietly(state), self.reductions.get(metric, "mean"))
+                self._summary[metric] = {
+                    names.get(i, str(i)): {"value": value, "n": n} for i, (value, n) in per_index.items()
+                }
+        return self._summary

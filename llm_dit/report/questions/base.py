@@ -1,0 +1,240 @@
+"""The machinery of the sub-question sections: answers, condition lookup, comparisons.
+
+Each study kind has its sub-questions (Q1.1 .. Q7.5 of the seed doc) in a
+module of this package; each is a function ``Context -> Answer`` that states
+the numbers the run has and says when a question needs a human A/B study (or
+data this run lacks) rather than pretending a proxy metric settles it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from llm_dit.report.run_data import RunData, direction
+from llm_dit.report.stats import Estimate, bootstrap_mean, paired_difference
+from llm_dit.report.tables import quality_metric
+
+
+@dataclass
+class Answer:
+    """One sub-question's section of the report."""
+
+    qid: str
+    question: str
+    lines: list[str] = field(default_factory=list)
+    needs_human: str | None = None  # why a human A/B study is needed, when it is
+    answerable: bool = True  # False: this run lacks the conditions/data
+
+    def markdown(self) -> str:
+        head = f"### {self.qid}: {self.question}\n"
+        body = "\n".join(f"- {line}" for line in self.lines) if self.lines else "- (no data)"
+        human = f"\n- **Needs a human A/B study:** {self.needs_human}" if self.needs_human else ""
+        return head + body + human + "\n"
+
+
+@dataclass
+class Context:
+    """What a question function needs: the run, statistics settings and preference votes."""
+
+    run: RunData
+    n_boot: int = 2000
+    seed: int = 0
+    votes: dict[str, Any] = field(default_factory=dict)  # condition -> WinRate
+    image_change: bool = True
+    max_image_pairs: int = 100
+    _pixel_cache: dict[tuple[str, str], Estimate] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def metrics(self) -> list[str]:
+        return self.run.item_metrics()
+
+    @cached_property
+    def quality(self) -> str | None:
+        return quality_metric(self.run)
+
+    def metric(self, base: str) -> str | None:
+        """The run's name for a metric, random-init labelled or not."""
+        return next((m for m in (base, base + "_random_init") if m in self.metrics), None)
+
+    def main_metrics(self) -> list[str]:
+        """Metrics worth a line in most answers: CLIP scores and detail score."""
+        wanted = ("clip_score", "clip_elements_mean", "detail_score")
+        return [m for m in (self.metric(w) for w in wanted) if m]
+
+    # -- conditions ---------------------------------------------------------------
+    def find(self, *candidates: str) -> str | None:
+        """First condition named like a candidate (exact, then containing it; case-insensitive)."""
+        conditions = self.run.conditions
+        for candidate in candidates:
+            for name in conditions:
+                if name.lower() == candidate.lower():
+                    return name
+        for candidate in candidates:
+            for name in conditions:
+                if candidate.lower() in name.lower():
+                    return name
+        return None
+
+    def find_by(self, predicate: Callable[[str, dict[str, Any]], bool]) -> list[str]:
+        return [c for c in self.run.conditions if predicate(c, self.run.variables(c))]
+
+    # -- comparisons --------------------------------------------------------------
+    def difference(self, metric: str, condition: str, against: str, where: Callable | None = None) -> Estimate:
+        return paired_difference(
+            self.run.cells(metric, condition, where), self.run.cells(metric, against, where), self.n_boot, self.seed
+        )
+
+    def mean(self, metric: str, condition: str, where: Callable | None = None) -> Estimate:
+        return bootstrap_mean(list(self.run.cells(metric, condition, where).values()), self.n_boot, self.seed)
+
+    def compare(
+        self,
+        condition: str,
+        against: str | None = None,
+        metrics: Iterable[str] | None = None,
+        where: Callable | None = None,
+    ) -> list[str]:
+        """One line per metric: paired difference ``condition - against`` with CI and a verdict."""
+        against = against or self.run.control
+        if condition == against:
+            return []
+        lines = []
+        for metric in metrics if metrics is not None else self.main_metrics():
+            est = self.difference(metric, condition, against, where)
+            if est.n:
+                lines.append(
+                    f"`{metric}`: {condition} − {against} = {est.format(signed=True)} (n={est.n} pairs) → "
+                    + verdict(est, metric)
+                )
+        if self.image_change:
+            change = self.pixel_change(condition, against)
+            if change.n:
+                lines.append(
+                    f"mean absolute pixel difference {condition} vs {against}: {change.format()} (0..1 scale, "
+                    f"n={change.n} pairs; 0 = identical images)"
+                )
+        if against == self.run.control:
+            lines += self.embedding_lines(condition)
+        vote = self.votes.get(condition)
+        if vote is not None and vote.control == against:
+            lines.append(f"human preference: {vote.describe()}")
+        return lines
+
+    def embedding_lines(self, condition: str) -> list[str]:
+        """What embedding_analysis.json says about ``condition`` vs the control (empty without it)."""
+        analysis, control = self.run.analysis, self.run.control
+        lines = []
+        drift = (analysis.get("drift_vs_control") or {}).get(condition) or {}
+        if drift.get("cosine_mean_pooled") is not None:
+            text = (
+                f"caption embedding vs {control}: cosine {fmt(drift['cosine_mean_pooled'])} (mean-pooled), "
+                f"semantic drift {fmt(drift.get('semantic_drift'))}"
+            )
+            if drift.get("cosine_user_tokens") is not None:
+                text += f", token-wise cosine of the user tokens {fmt(drift['cosine_user_tokens'])}"
+            lines.append(text)
+        tokens = (analysis.get("token_counts") or {}).get(condition) or {}
+        if tokens.get("mean_tokens") is not None:
+            extra = tokens.get("extra_tokens_vs_control")
+            lines.append(
+                f"template tokens per prompt: {fmt(tokens['mean_tokens'])}"
+                + (f" ({extra:+.1f} vs {control})" if extra is not None else "")
+            )
+        return lines
+
+    def pixel_change(self, condition: str, against: str) -> Estimate:
+        """How much the images themselves change: mean |a - b| of paired PNGs (256 px, RGB; cached)."""
+        if (condition, against) not in self._pixel_cache:
+            self._pixel_cache[(condition, against)] = self._pixel_change(condition, against)
+        return self._pixel_cache[(condition, against)]
+
+    def _pixel_change(self, condition: str, against: str) -> Estimate:
+        run = self.run
+        if run.run_dir is None or condition == against:
+            return bootstrap_mean([])
+        a = {(r["prompt_index"], r["seed"]): r.get("image") for r in run.rows_of(condition)}
+        b = {(r["prompt_index"], r["seed"]): r.get("image") for r in run.rows_of(against)}
+        keys = sorted(k for k in a if k in b and a[k] and b[k])[: self.max_image_pairs]
+        values = []
+        for key in keys:
+            pa, pb = run.run_dir / a[key], run.run_dir / b[key]
+            if pa.is_file() and pb.is_file():
+                values.append(float(np.abs(_pixels(pa) - _pixels(pb)).mean()))
+        return bootstrap_mean(values, self.n_boot, self.seed)
+
+    def missing(self, answer: Answer, *names: str) -> Answer:
+        answer.answerable = False
+        answer.lines.append(f"this run has no condition named like {' / '.join(repr(n) for n in names)}")
+        return answer
+
+    def table(self, metric: str, conditions: list[str], where: Callable | None = None) -> list[str]:
+        """Lines "condition: mean [CI] (n)" for ``metric``."""
+        out = []
+        for condition in conditions:
+            est = self.mean(metric, condition, where)
+            if est.n:
+                out.append(f"`{metric}` {condition}: {est.format()} (n={est.n})")
+        return out
+
+
+def verdict(est: Estimate, metric: str) -> str:
+    """Plain words for a difference: which way, and whether the CI excludes zero."""
+    if not est.excludes_zero:
+        return "no clear difference (CI includes 0)"
+    word = "higher" if est.mean > 0 else "lower"
+    sense = direction(metric)
+    if sense == 0:
+        return word
+    better = (est.mean > 0) == (sense > 0)
+    return f"{word} ({'better' if better else 'worse'})"
+
+
+def _pixels(path: Path, size: int = 256) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+Question = Callable[[Context], Answer]
+
+
+def probe_metrics(ctx: Context, *words: str) -> list[str]:
+    return [m for m in ctx.metrics if m.startswith("clip_probe_") and any(w in m for w in words)]
+
+
+def type_filter(*words: str) -> Callable[[dict], bool]:
+    return lambda row: any(w in str(row.get("prompt_type") or "").lower() for w in words)
+
+
+def type_is(prompt_type: str) -> Callable[[dict], bool]:
+    return lambda row: str(row.get("prompt_type")) == prompt_type
+
+
+def token_column(ctx: Context) -> str | None:
+    return next(
+        (m for m in ("num_tokens", "caption_tokens") if any(ctx.run.cells(m, c) for c in ctx.run.conditions[:1])), None
+    )
+
+
+def vs_control(qid: str, question: str, names: tuple[str, ...], human: str | None = None) -> Question:
+    def answer(ctx: Context) -> Answer:
+        a = Answer(qid, question, needs_human=human)
+        found = [c for c in dict.fromkeys(ctx.find(n) for n in names) if c and c != ctx.run.control]
+        if not found:
+            return ctx.missing(a, *names)
+        for cond in found:
+            a.lines += ctx.compare(cond)
+        return a
+
+    return answer
