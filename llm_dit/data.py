@@ -48,17 +48,29 @@ class StudyDataModule(L.LightningDataModule):
     Args:
         study: the study spec (prompts, seeds, conditions; see llm_dit.study.Study).
         batch_size: images generated together (same condition); seeds batch well.
-        limit_items: run only the first N items (smoke tests).
+        max_prompts: use only the first N prompts (every condition and seed kept).
+        max_seeds: use only the first N seeds.
+        limit_items: run only the first N items (condition-major order).
     """
 
-    def __init__(self, study: Study, batch_size: int = 4, limit_items: int | None = None) -> None:
+    def __init__(
+        self,
+        study: Study,
+        batch_size: int = 4,
+        max_prompts: int | None = None,
+        max_seeds: int | None = None,
+        limit_items: int | None = None,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.study = study if isinstance(study, Study) else Study(**study)
         self.batch_size = batch_size
         self.limit_items = limit_items
-        self.items = self.study.items()  # validates: bad input fails here, before any model loads
+        for name, value in (("max_prompts", max_prompts), ("max_seeds", max_seeds), ("limit_items", limit_items)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.items = self.study.items(max_prompts, max_seeds)  # validates: bad input fails here, before any model loads
         if limit_items is not None:
             self.items = self.items[:limit_items]
 

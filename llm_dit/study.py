@@ -200,10 +200,16 @@ class Study:
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"{where}: {error}") from None
 
-    def items(self) -> list[StudyItem]:
-        """All items, condition-major, with stable ids."""
+    def items(self, max_prompts: int | None = None, max_seeds: int | None = None) -> list[StudyItem]:
+        """All items, condition-major, with stable ids.
+
+        `max_prompts` / `max_seeds` keep only the first prompts / seeds (smoke runs);
+        every condition stays, and ids are unchanged, so a smoke run's images are
+        reused when the full study runs in the same folder.
+        """
         self.validate()
-        prompts = self.resolved_prompts()
+        prompts = self.resolved_prompts()[:max_prompts]
+        seeds = self.seeds[:max_seeds]
         items = []
         for condition_index, condition in enumerate(self.resolved_conditions()):
             encoding = self.baseline_encoding().with_overrides(condition.encoding)
@@ -217,7 +223,7 @@ class Study:
                 text = prompt.text
                 if transform is not None:
                     text = transform(text, seed=self.transform_seed + prompt_index)
-                for seed in self.seeds:
+                for seed in seeds:
                     items.append(
                         StudyItem(
                             item_id=f"{condition.name}/p{prompt_index:03d}_s{seed}",

@@ -9,7 +9,6 @@ prediction is negated and handed to the scheduler's Euler step in float32.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
@@ -51,9 +50,9 @@ def denoise(
         else:
             positive = prediction = run_transformer(transformer, latents, timestep, cap_feats)
         if skip_layer_guidance is not None and skip_layer_guidance.active(step, len(timesteps)):
-            with surgery.skip_layers_context(transformer, target="layers", layers=skip_layer_guidance.layers):
+            with skip_layer_guidance.context(transformer):
                 skipped = run_transformer(transformer, latents, timestep, cap_feats)
-            prediction = prediction + skip_layer_guidance.scale * (positive - skipped)
+            prediction = skip_layer_guidance.guide(prediction, positive, skipped)
         latents = scheduler.step((-prediction).to(torch.float32), t, latents, return_dict=False)[0]
         if on_step is not None:
             on_step(step)
@@ -77,5 +76,3 @@ def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
     image = vae.decode(latents, return_dict=False)[0]
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
-
-maybe = nullcontext  # readability alias: `with (ctx if cond else maybe())`

@@ -39,6 +39,10 @@ class SamplerSettings:
             raise ValueError(f"shift must be > 0, got {self.shift}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.skip_layer_guidance is not None:
+            import surgery
+
+            surgery.SkipLayerGuidance.from_dict(dict(self.skip_layer_guidance))
         for name in ("height", "width"):
             value = getattr(self, name)
             if value < LATENT_MULTIPLE or value % LATENT_MULTIPLE:
