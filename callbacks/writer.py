@@ -80,7 +80,7 @@ class StudyWriter(BasePredictionWriter):
                     rows.append({**previous, **fresh})
                 continue
             save_png_atomic(prediction.images[index], folder / item.image_name)
-            rows.append(result_row(prediction, index))
+            rows.append({**result_row(prediction, index), "rank": trainer.global_rank})
         if rows:
             append_rows(folder / f"results.rank{trainer.global_rank}.jsonl", rows)
 
