@@ -1,0 +1,113 @@
+"""Speed options for the Z-Image DiT, each numerically equivalent to the plain path except fp8.
+
+    from llm_dit.accel import accelerate
+    accelerate(transformer, compile=True, attention_backend="auto")       # bf16, same images
+    accelerate(transformer, compile=True, attention_backend="auto", fp8=True)  # opt-in, H100/H200
+
+- length grouping: mixed caption lengths run as unmasked sub-batches (`grouping`);
+- RoPE in real float32 arithmetic, so compile fuses it (`attention`);
+- attention backend: diffusers' dispatcher, cuDNN on Hopper (`attention`);
+- regional compile, shape-generic, no recompiles across prompts (`compile`);
+- fp8 row-wise scaled linears (`fp8`), opt-in, changes images slightly.
+
+`ZImageModule(compile=..., attention_backend=..., fp8=...)` calls `accelerate`
+in `configure_model`. Other cuts live where the work is: unpadded encoding that
+stops at the deepest needed layer (encoding/encoder.py), the context-refiner
+cache (surgery/cache.py), the embedding cache and seed batching (module.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from llm_dit.accel.attention import (
+    MASKED_BACKENDS,
+    UNMASKED_BACKENDS,
+    ZImageRealRopeProcessor,
+    apply_rotary_real,
+    install_real_rope,
+    resolve_backend,
+    set_attention_backend,
+)
+from llm_dit.accel.compile import compile_blocks, configure_dynamo, is_compiled, uncompile_blocks
+from llm_dit.accel.fp8 import Float8Linear, convert_to_fp8, dequantize_rowwise, fp8_supported, quantize_rowwise
+from llm_dit.accel.grouping import (
+    has_length_grouping,
+    install_length_grouping,
+    length_groups,
+    padded_caption_length,
+    remove_length_grouping,
+)
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """What `accelerate` did, for logs and the benchmark's record."""
+
+    compiled_blocks: int
+    attention_backend: str | None
+    length_grouping: bool
+    real_rope: bool
+    fp8: bool
+    compile_mode: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def accelerate(
+    transformer: nn.Module,
+    *,
+    compile: bool = False,
+    attention_backend: str | None = None,
+    fp8: bool = False,
+    fp8_fast_accum: bool = True,
+    group_lengths: bool = True,
+    real_rope: bool | None = None,
+    compile_mode: str | None = None,
+    compile_backend: str = "inductor",
+) -> Acceleration:
+    """Apply the speed options to `transformer` in place (call once, before generating).
+
+    `real_rope` defaults to `compile`: it only pays when Inductor fuses it; eager, the
+    complex product is fewer kernels (measured: benchmarks/NOTES.md).
+    """
+    real_rope = compile if real_rope is None else real_rope
+    if fp8:
+        convert_to_fp8(transformer, fast_accum=fp8_fast_accum)
+    if group_lengths:
+        install_length_grouping(transformer)
+    if real_rope:
+        install_real_rope(transformer)
+    backend = set_attention_backend(transformer, attention_backend, grouped=group_lengths)
+    count = compile_blocks(transformer, mode=compile_mode, backend=compile_backend) if compile else 0
+    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode)
+
+
+__all__ = [
+    "MASKED_BACKENDS",
+    "UNMASKED_BACKENDS",
+    "Acceleration",
+    "Float8Linear",
+    "ZImageRealRopeProcessor",
+    "accelerate",
+    "apply_rotary_real",
+    "compile_blocks",
+    "configure_dynamo",
+    "convert_to_fp8",
+    "dequantize_rowwise",
+    "fp8_supported",
+    "has_length_grouping",
+    "install_length_grouping",
+    "install_real_rope",
+    "is_compiled",
+    "length_groups",
+    "padded_caption_length",
+    "quantize_rowwise",
+    "remove_length_grouping",
+    "resolve_backend",
+    "set_attention_backend",
+    "uncompile_blocks",
+]

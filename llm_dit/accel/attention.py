@@ -1,0 +1,115 @@
+"""The DiT's attention: a compile-friendly processor and the kernel choice.
+
+`ZImageRealRopeProcessor` is diffusers' `ZSingleStreamAttnProcessor` with the
+rotary embedding written in real float32 arithmetic instead of complex64
+multiplication. The values are the same (a complex product is those four real
+products in float32), but Inductor cannot generate code for complex operators:
+diffusers' version leaves several unfused kernels per q/k per block, this one
+fuses RoPE into the kernel that already computes the q/k RMSNorm.
+
+Backends go through diffusers' attention dispatcher. Those that take a key mask
+work for any batch; those that refuse masks (flash, sage) are safe only with
+length grouping on (`llm_dit.accel.grouping`), which never hands attention a
+mask. `"auto"` picks what the benchmark measured fastest on Hopper
+(benchmarks/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
+from torch import nn
+
+MASKED_BACKENDS = ("native", "_native_cudnn", "_native_efficient", "_native_math", "flex")
+UNMASKED_BACKENDS = ("_native_flash", "flash", "_flash_3", "sage")
+AUTO = "auto"
+HOPPER_BEST = "_native_cudnn"
+PROCESSOR_TARGETS = ("layers", "noise_refiner")
+
+
+def apply_rotary_real(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """x [B,L,H,D] rotated by complex64 freqs [B,L,D/2], as diffusers' complex product, in real arithmetic.
+
+    Pairs (x[2k], x[2k+1]) = (a, b) times (c + i s) give (a c - b s, a s + b c):
+    out = x * [c, c] + swap(x) * [-s, s], with swap(a, b) = (b, a).
+    """
+    cos_sin = torch.view_as_real(freqs_cis).unsqueeze(2)  # [B,L,1,D/2,2] float32: (c, s)
+    cos = cos_sin[..., 0:1].expand(*cos_sin.shape[:-1], 2).flatten(-2)
+    sin = torch.cat((-cos_sin[..., 1:2], cos_sin[..., 1:2]), dim=-1).flatten(-2)
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return (x32 * cos + swapped * sin).type_as(x)
+
+
+class ZImageRealRopeProcessor(ZSingleStreamAttnProcessor):
+    """diffusers' Z-Image attention with compile-friendly RoPE; same call signature and dispatch."""
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        freqs_cis: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        query = attn.to_q(hidden_states).unflatten(-1, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(-1, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(-1, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if freqs_cis is not None:
+            query = apply_rotary_real(query, freqs_cis)
+            key = apply_rotary_real(key, freqs_cis)
+        if attention_mask is not None and attention_mask.ndim == 2:
+            attention_mask = attention_mask[:, None, None, :]
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=self._attention_backend, parallel_config=self._parallel_config,
+        )
+        out = attn.to_out[0](out.flatten(2, 3).to(query.dtype))
+        if len(attn.to_out) > 1:
+            out = attn.to_out[1](out)
+        return out
+
+
+def install_real_rope(transformer: nn.Module, targets: tuple[str, ...] = PROCESSOR_TARGETS) -> int:
+    """Give the attention of `targets`' blocks the real-RoPE processor, keeping each one's backend."""
+    count = 0
+    for target in targets:
+        for block in getattr(transformer, target):
+            old = block.attention.processor
+            new = ZImageRealRopeProcessor()
+            new._attention_backend = getattr(old, "_attention_backend", None)
+            new._parallel_config = getattr(old, "_parallel_config", None)
+            block.attention.set_processor(new)
+            count += 1
+    return count
+
+
+def resolve_backend(name: str | None, device: torch.device | str | None = None) -> str | None:
+    """None keeps diffusers' default; "auto" -> cuDNN attention on compute capability 9.x, else the default."""
+    if name != AUTO:
+        return name
+    if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9:
+        return HOPPER_BEST
+    return None
+
+
+def set_attention_backend(transformer: nn.Module, name: str | None, grouped: bool) -> str | None:
+    """Set every attention processor of `transformer` to backend `name`; returns what was set."""
+    name = resolve_backend(name)
+    if name is None:
+        return None
+    known = MASKED_BACKENDS + UNMASKED_BACKENDS
+    if name not in known:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(known)}, 'auto' or None")
+    if name in UNMASKED_BACKENDS and not grouped:
+        raise ValueError(
+            f"attention backend {name!r} cannot take the key mask that mixed-length batches (CFG, several "
+            f"prompts) need; keep length grouping on, or choose one of {', '.join(MASKED_BACKENDS)}"
+        )
+    transformer.set_attention_backend(name)
+    return name

@@ -1,0 +1,142 @@
+"""Opt-in FP8 linears for the DiT (H100/H200 tensor cores), row-wise scaled.
+
+Weights are quantized once to float8 e4m3 with one scale per output channel;
+activations are quantized on the fly with one scale per token (row), and the
+product runs in `torch._scaled_mm` with those row-wise scales, accumulating in
+fp32 (fast accumulation optional) and writing bf16. Under `torch.compile` the
+activation quantization fuses into one pass over the activations.
+
+Only the big linears of the modulated blocks (`layers`, `noise_refiner`:
+q/k/v/out projections and the SwiGLU FFN, ~99% of the DiT's FLOPs) are
+converted. The caption path (embedder, context refiner), the timestep
+embedder, adaLN and the final layer stay bf16. FP8 changes images (a few
+percent of a pixel level on average; the benchmark reports the difference), so
+it is off unless asked for, and it is for generation only: its weights are
+frozen float8 buffers that surgery cannot edit and training cannot update.
+
+Off CUDA (tests), the same quantized operands are multiplied after
+dequantizing in float32, which is what `_scaled_mm` computes up to
+accumulation order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
+FP8_TARGETS = ("layers", "noise_refiner")
+LINEAR_NAMES = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
+                "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+_MIN_AMAX = 1e-12
+
+
+def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] -> (float8 e4m3 [..., K], float32 scale [..., 1]) with x ~= q * scale.
+
+    The scale maps each row's largest magnitude to e4m3's largest finite value,
+    so no row saturates and small rows keep their relative precision.
+    """
+    x32 = x.float()
+    amax = x32.abs().amax(dim=-1, keepdim=True).clamp(min=_MIN_AMAX)
+    q = (x32 * (FP8_MAX / amax)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, amax / FP8_MAX
+
+
+def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale
+
+
+class Float8Linear(nn.Module):
+    """`y = x @ W.T (+ b)` with W in float8 (one scale per output row) and x quantized per token.
+
+    The float8 weight and its float32 scales are kept as integer bit views, so
+    `module.to(torch.bfloat16)` (Lightning precision plugins, `.half()`) cannot
+    silently cast them; they still move with `.to(device)`.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, fast_accum: bool = True) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_rowwise(weight.detach())
+        self.register_buffer("weight_bits", q.view(torch.uint8), persistent=True)
+        self.register_buffer("scale_bits", scale.reshape(1, -1).contiguous().view(torch.int32), persistent=True)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.fast_accum = fast_accum
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, fast_accum: bool = True) -> Float8Linear:
+        return cls(linear.weight, linear.bias, fast_accum)
+
+    @property
+    def weight_fp8(self) -> torch.Tensor:
+        return self.weight_bits.view(FP8_DTYPE)
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        """float32 [1, out_features]."""
+        return self.scale_bits.view(torch.float32)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_fp8.float() * self.weight_scale.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        q, scale = quantize_rowwise(x.reshape(-1, shape[-1]))
+        if x.is_cuda:
+            y = torch._scaled_mm(
+                q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
+                out_dtype=x.dtype, use_fast_accum=self.fast_accum,
+            )
+        else:
+            y = (dequantize_rowwise(q, scale) @ self.dequantized_weight().t()).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 rowwise, fast_accum={self.fast_accum}"
+
+
+def fp8_supported(device: torch.device | str | None = None) -> bool:
+    """float8 tensor-core matmuls need compute capability >= 8.9 (Ada, Hopper, Blackwell)."""
+    if not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def convert_to_fp8(
+    transformer: nn.Module, targets: Iterable[str] = FP8_TARGETS, *, fast_accum: bool = True, keep_originals: bool = False
+):
+    """Swap the big linears of `targets` for Float8Linear in place.
+
+    Returns a function that puts the original bf16 linears back when
+    `keep_originals` (the benchmark compares both in one process; it keeps both
+    copies in memory), else None (the bf16 weights are dropped).
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    for target in targets:
+        for block in getattr(transformer, target):
+            for name in LINEAR_NAMES:
+                parent_name, _, child = name.rpartition(".")
+                parent = block.get_submodule(parent_name)
+                linear = parent._modules[child]
+                if not isinstance(linear, nn.Linear):
+                    continue
+                if linear.weight.is_cuda and (linear.in_features % 16 or linear.out_features % 16):
+                    continue  # _scaled_mm needs K and N multiples of 16
+                parent._modules[child] = Float8Linear.from_linear(linear, fast_accum)
+                swapped.append((parent, child, linear))
+    if not swapped:
+        raise ValueError(f"no linear layers to convert to fp8 in {list(targets)}")
+    if not keep_originals:
+        return None
+
+    def restore() -> None:
+        for parent, child, linear in reversed(swapped):
+            parent._modules[child] = linear
+
+    return restore
