@@ -124,6 +124,8 @@ class Study:
     transform_seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.prompts_file in ("None", "null", ""):  # command-line `null` can arrive as text
+            self.prompts_file = None
         self.prompts = [p if isinstance(p, PromptSpec) else _as_prompt(p) for p in self.prompts]
         self.conditions = [c if isinstance(c, ConditionSpec) else ConditionSpec(**c) for c in self.conditions]
 
@@ -302,9 +304,7 @@ def _as_prompt(value: Any) -> PromptSpec:
 
 def load_prompts_file(path: str | Path) -> list[PromptSpec]:
     """Read prompts: .txt (one per line; '#' comments; optional 'type | prompt') or a .json/.yaml list."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts_file {str(path)!r} does not exist")
+    path = _find_prompts_file(path)
     if path.suffix in (".json", ".yaml", ".yml"):
         import yaml
 
@@ -320,3 +320,17 @@ def load_prompts_file(path: str | Path) -> list[PromptSpec]:
         kind, sep, text = line.partition(" | ")
         prompts.append(PromptSpec(text=text.strip(), type=kind.strip()) if sep else PromptSpec(text=line))
     return prompts
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_prompts_file(path: str | Path) -> Path:
+    """A relative path is tried from the working directory, then from the project root,
+    so the shipped configs (prompts_file: configs/prompts/...) run from any directory."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+        return PROJECT_ROOT / path
+    raise FileNotFoundError(f"prompts_file {str(path)!r} does not exist (relative paths are tried from the working directory and {PROJECT_ROOT})")

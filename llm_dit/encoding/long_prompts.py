@@ -340,9 +340,10 @@ def _fill_to_length(
         if longer == measured:
             break
         measured = longer
+    words = _Words(filler, counter)
     one_by_one = False  # after an overshoot, words go in singly
     while measured < length:
-        batch = _words(filler, counter, 1 if one_by_one else length - measured)
+        batch = words.take(1 if one_by_one else length - measured)
         tail += batch
         longer = counter.measure(render())
         if longer <= length:
@@ -359,17 +360,25 @@ def _fill_to_length(
     return render()
 
 
-def _words(filler: _Filler, counter: _SentenceCounter, gap: int) -> list[str]:
-    """Filler words whose planned tokens fill `gap` (at least one word)."""
-    words: list[str] = []
-    while gap > 0:
-        for word in filler.next().split():
-            cost = counter(" " + word)
+class _Words:
+    """Filler words in reading order, continuing across calls, so the tail reads as prose."""
+
+    def __init__(self, filler: _Filler, counter: _SentenceCounter) -> None:
+        self.filler, self.counter, self.pending = filler, counter, []
+
+    def take(self, gap: int) -> list[str]:
+        """Words whose planned tokens fill `gap` (at least one word)."""
+        words: list[str] = []
+        while True:
+            if not self.pending:
+                self.pending = self.filler.next().split()
+            cost = self.counter(" " + self.pending[0])
             if words and cost > gap:
                 return words
-            words.append(word)
+            words.append(self.pending.pop(0))
             gap -= cost
-    return words
+            if gap <= 0:
+                return words
 
 
 def _checked(

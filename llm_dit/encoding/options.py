@@ -43,6 +43,13 @@ class EncodingOptions:
     long_prompt_mode: LongPromptMode = "truncate"
 
     def __post_init__(self) -> None:
+        for name in ("system_prompt", "thinking_content", "assistant_content"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(
+                    f"{name} must be text, got {type(value).__name__} {value!r} "
+                    "(in YAML, quote text that contains ': ')"
+                )
         if self.long_prompt_mode not in LONG_PROMPT_MODES:
             raise ValueError(
                 f"unknown long_prompt_mode {self.long_prompt_mode!r}; choose one of {', '.join(LONG_PROMPT_MODES)}"

@@ -1,0 +1,221 @@
+"""Every YAML in configs/ parses with the real CLI, and each study config says what its seed study says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_dit.encoding.options import EncodingOptions
+from llm_dit.encoding.template import build_pieces, tokenize_chat
+from llm_dit.study import Study, load_prompts_file
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+SEEDS = [42, 123, 456, 789, 1000]
+STUDY_DATA = "llm_dit.data.StudyDataModule"
+SEED_STUDIES = {
+    "hidden_layer": ("hidden_layer", "hidden_layer=-2", 8, 50),
+    "think_block": ("think_block", "none", 8, 30),
+    "refiner_skip": ("refiner", "default", 2, 50),
+    "refiner_depth": ("refiner", "default", 5, 50),
+    "refiner_layerwise": ("refiner", "default", 3, 50),
+    "shift_steps": ("shift_steps", "shift=3.0,steps=8", 56, 10),
+    "long_prompt": ("long_prompt", "truncate", 4, 30),
+    "token_importance": ("token_importance", "baseline", 8, 2),
+    "system_prompt": ("system_prompt", "none", 6, 20),
+}
+PROMPT_FILES = {"standard_50.txt": 50, "think_block.txt": 30, "shift_steps.txt": 10, "system_prompt.txt": 20}
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def study_dict(name: str) -> dict:
+    return load(ROOT / "configs" / f"{name}.yaml")["data"]["init_args"]["study"]
+
+
+@pytest.fixture(scope="module")
+def studies() -> dict[str, Study]:
+    return {name: Study(**study_dict(name)) for name in SEED_STUDIES}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from llm_dit.models import load_bundled_tokenizer
+
+    return load_bundled_tokenizer()
+
+
+def test_every_seed_study_has_a_config():
+    assert {p.stem for p in CONFIGS} >= set(SEED_STUDIES)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_parses_with_the_cli(path, monkeypatch, capsys):
+    from llm_dit.cli import cli_main
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
+    subcommand = "predict" if load(path).get("data", {}).get("class_path") == STUDY_DATA else "fit"
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([subcommand, "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert "trainer" in printed
+    if subcommand == "predict":
+        assert_conditions_survive_parsing(load(path), printed)
+
+
+def assert_conditions_survive_parsing(original: dict, printed: dict) -> None:
+    """jsonargparse reads strings inside `dict[str, Any]` values as YAML: a thinking text or
+    system prompt with one ': ' in it silently became a mapping. Texts must stay texts."""
+    before = {c["name"]: c.get("encoding", {}) for c in original["data"]["init_args"]["study"].get("conditions", [])}
+    after = {c["name"]: c.get("encoding", {}) for c in printed["data"]["init_args"]["study"].get("conditions", [])}
+    assert after == before
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load(p).get("data", {}).get("class_path") == STUDY_DATA], ids=lambda p: p.stem)
+def test_study_config_builds_items_and_shrinks(path):
+    from llm_dit.data import StudyDataModule
+
+    config = load(path)
+    study = Study(**config["data"]["init_args"]["study"])
+    assert study.name == path.stem
+    items = study.items()
+    assert items and any(item.condition == study.control for item in items)
+    sampler = study.baseline_sampler()
+    assert (sampler.height, sampler.width) == (64, 64)
+    assert config["model"]["weights"] == "tiny"
+    shrunk = StudyDataModule(study=config["data"]["init_args"]["study"], batch_size=2, limit_items=3)
+    assert len(shrunk.items) == 3
+
+
+@pytest.mark.parametrize("name", SEED_STUDIES)
+def test_seed_study_shape(name, studies):
+    kind, control, num_conditions, num_prompts = SEED_STUDIES[name]
+    study = studies[name]
+    conditions = [c.name for c in study.resolved_conditions()]
+    assert study.kind == kind and study.control == control
+    assert len(conditions) == num_conditions and control in conditions
+    assert study.seeds == SEEDS
+    assert len(study.resolved_prompts()) == num_prompts
+
+
+@pytest.mark.parametrize("filename", PROMPT_FILES)
+def test_prompt_files_are_full_and_typed(filename):
+    prompts = load_prompts_file(ROOT / "configs" / "prompts" / filename)
+    assert len(prompts) == PROMPT_FILES[filename]
+    assert all(p.type and p.text for p in prompts)
+    assert len({p.text for p in prompts}) == len(prompts)
+
+
+def test_hidden_layer_conditions(studies):
+    by_name = {c.name: c for c in studies["hidden_layer"].resolved_conditions()}
+    for layer in range(-1, -7, -1):
+        assert by_name[f"hidden_layer={layer}"].encoding == {"hidden_layer": layer}
+    mixes = [c.encoding for c in by_name.values() if c.encoding.get("layer_combine")]
+    assert {"hidden_layer": [-1, -2], "layer_combine": "mean"} in mixes
+    assert {"hidden_layer": "all", "layer_combine": "normalized_mean"} in mixes
+    first = studies["hidden_layer"].resolved_prompts()[0]
+    assert first.text == "A cat sleeping on a red couch"
+
+
+def test_shift_steps_grid(studies):
+    conditions = studies["shift_steps"].resolved_conditions()
+    grid = {(c.sampler["shift"], c.sampler["steps"]) for c in conditions}
+    assert len(grid) == 56
+    assert {s for s, _ in grid} == {1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0}
+    assert {n for _, n in grid} == {4, 6, 8, 9, 12, 16, 25}
+    control = next(c for c in conditions if c.name == "shift=3.0,steps=8")
+    assert control.sampler == {"shift": 3.0, "steps": 8}
+
+
+def test_think_block_conditions_change_the_template(studies, tokenizer):
+    study = studies["think_block"]
+    options = {c.name: study.baseline_encoding().with_overrides(c.encoding) for c in study.resolved_conditions()}
+    prompt = "A portrait of a young woman"
+    assert "<think>" not in _text(prompt, options["none"])
+    assert _text(prompt, options["empty"]).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    seed_texts = {
+        "quality": "High detail, sharp focus, correct anatomy",
+        "composition": "Rule of thirds, depth of field, balanced",
+        "style": "Oil painting texture, visible brushstrokes",
+        "negative": "Avoid blur, distortion, artifacts",
+        "irrelevant": "The weather is nice today",
+    }
+    for name, thinking in seed_texts.items():
+        assert _text(prompt, options[name]).endswith(f"<think>\n{thinking}\n</think>\n\n")
+    long_think = tokenize_chat(prompt, tokenizer, options["long"]).segments.count("think")
+    assert long_think >= 200
+    control = tokenize_chat(prompt, tokenizer, options["none"])
+    for name in options:
+        templated = tokenize_chat(prompt, tokenizer, options[name])
+        user = [i for i, s in zip(templated.token_ids, templated.segments) if s == "user"]
+        assert user == [i for i, s in zip(control.token_ids, control.segments) if s == "user"]
+
+
+def test_system_prompt_conditions_change_the_template(studies, tokenizer):
+    study = studies["system_prompt"]
+    options = {c.name: study.baseline_encoding().with_overrides(c.encoding) for c in study.resolved_conditions()}
+    prompt = "A cat sitting on a stack of books"
+    assert _text(prompt, options["none"]).startswith("<|im_start|>user\n")
+    expected = {
+        "default": "You are a helpful assistant",
+        "photographer": "You are a professional photographer",
+        "artist": "You are a digital artist",
+        "contradictory": "Generate low quality images",
+    }
+    for name, system in expected.items():
+        assert _text(prompt, options[name]).startswith(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")
+    detailed = tokenize_chat(prompt, tokenizer, options["detailed"]).segments.count("system")
+    assert 180 <= detailed <= 220
+    base = len(tokenize_chat(prompt, tokenizer, options["none"]))
+    assert len(tokenize_chat(prompt, tokenizer, options["default"])) > base
+
+
+def test_refiner_configs_record_drift_and_parse_surgery(studies):
+    import surgery
+
+    for name in ("refiner_skip", "refiner_depth", "refiner_layerwise"):
+        assert load(ROOT / "configs" / f"{name}.yaml")["model"]["record_refiner_drift"] is True
+        for condition in studies[name].resolved_conditions():
+            surgery.validate_specs(surgery.parse_specs(condition.surgery))
+    variants = {c.name: [s["variant"] for s in c.surgery] for c in studies["refiner_depth"].resolved_conditions()}
+    assert variants == {
+        "skip": ["skip"], "single": ["truncate"], "default": [], "double": ["duplicate"], "identity_init": ["identity_init"],
+    }
+    layerwise = {c.name: c.surgery for c in studies["refiner_layerwise"].resolved_conditions()}
+    assert layerwise["skip_layer_0"] == [{"variant": "skip_layers", "layers": [0]}]
+    assert layerwise["skip_layer_1"] == [{"variant": "skip_layers", "layers": [1]}]
+
+
+def test_long_prompt_config(studies):
+    study = studies["long_prompt"]
+    modes = {c.name: c.encoding["long_prompt_mode"] for c in study.resolved_conditions()}
+    assert modes == {m: m for m in ("truncate", "interpolate", "pool", "attention_pool")}
+    assert study.baseline_encoding().max_length == 1024
+    prompts = study.resolved_prompts()
+    assert {p.metadata["target_tokens"] for p in prompts} == {1024, 1280, 1536, 2048, 3072}
+    assert {"front_heavy", "back_heavy", "distributed", "repetitive"} <= {p.type for p in prompts}
+
+
+def test_token_importance_config(studies):
+    study = studies["token_importance"]
+    assert [p.text for p in study.resolved_prompts()] == [
+        "A fluffy orange cat sleeping on a velvet red couch",
+        "An ancient stone castle on a misty green hillside",
+    ]
+    transforms = [c.prompt_transform for c in study.resolved_conditions()]
+    assert transforms == [
+        "baseline", "shuffle_all", "shuffle_nouns", "duplicate_important",
+        "front_load", "back_load", "remove_adjectives", "remove_nouns",
+    ]
+    prompts = {(i.condition, i.prompt_index): i.prompt for i in study.items()}
+    assert len({prompts[(t, 0)] for t in transforms}) == len(transforms)
+
+
+def _text(prompt: str, options: EncodingOptions) -> str:
+    return "".join(text for _, text in build_pieces(prompt, options))
