@@ -157,7 +157,7 @@ def test_comfy_models_tree_with_prefixes_renames_and_no_stored_config(tmp_path, 
             keep_metadata=False, target=models / "vae" / "flux_vae.safetensors")
 
     with pytest.raises(ShapeMismatchError, match="norm_num_groups=32 does not divide"):
-        load_components(str(models))  # group count is not in the weights: the error says how to give it
+        load_single_file(models / "vae" / "flux_vae.safetensors", "vae")  # group count is not in the weights
 
     spec = SingleFileWeights.from_folder(models)
     spec.vae_config = {"norm_num_groups": 4}
@@ -191,10 +191,11 @@ def test_dict_spec_bf16_load(single_files, reference):
     for role in ROLES:
         want = getattr(reference[0], role).state_dict()
         got = getattr(loaded, role).state_dict()
-        assert all(got[k].dtype == torch.bfloat16 and torch.equal(got[k], v.to(torch.bfloat16)) for k, v in want.items())
+        for key, tensor in want.items():
+            assert got[key].dtype == torch.bfloat16 and torch.equal(got[key], tensor.to(torch.bfloat16)), key
 
 
-def test_text_encoder_override(tmp_path, single_files):
+def test_text_encoder_override(tmp_path, single_files, reference):
     config = Qwen3Config(vocab_size=151669, **TINY_TEXT_ENCODER_CONFIG)
     torch.manual_seed(1)
     alternative = Qwen3Model(config).eval()
@@ -202,6 +203,10 @@ def test_text_encoder_override(tmp_path, single_files):
     loaded = load_components("tiny", text_encoder_override=str(tmp_path / "embedding"))
     assert all(torch.equal(loaded.text_encoder.state_dict()[k], v) for k, v in alternative.state_dict().items())
     assert "text_encoder=" in loaded.source
+
+    from_file = load_components("tiny", seed=3, text_encoder_override=str(single_files / "qwen_3_4b.safetensors"))
+    want = reference[0].text_encoder.state_dict()
+    assert all(torch.equal(from_file.text_encoder.state_dict()[k], v) for k, v in want.items())
 
     wide = Qwen3Model(Qwen3Config(**{**config.to_dict(), "hidden_size": 48, "head_dim": 24}))
     wide.save_pretrained(tmp_path / "wide")
@@ -215,7 +220,8 @@ def test_text_encoder_override(tmp_path, single_files):
 def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path, single_files, reference):
     with safe_open(str(single_files / "z_image_turbo_bf16.safetensors"), "pt") as handle:
         torch.save({k: handle.get_tensor(k) for k in handle.keys()}, tmp_path / "zimage.pt")
-    spec = SingleFileWeights(transformer=str(tmp_path / "zimage.pt"), text_encoder=str(single_files / "qwen_3_4b.safetensors"),
+    spec = SingleFileWeights(transformer=str(tmp_path / "zimage.pt"),
+                             text_encoder=str(single_files / "qwen_3_4b.safetensors"),
                              vae=str(single_files / "ae.safetensors"))
     with pytest.raises(PickleCheckpointError, match="allow_pickle=True"):
         load_components(spec)
@@ -246,13 +252,15 @@ def test_missing_components_are_named(tmp_path, single_copy):
         check_weights_source(str(tmp_path / "diffusers"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_weights_source("/no/such/folder")
+    check_weights_source("Tongyi-MAI/Z-Image-Turbo")  # a hub id: checked when loading (needs network)
     with pytest.raises(ValueError, match="holds one component"):
         check_weights_source(str(single_copy / "qwen_3_4b.safetensors"))
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes(single_copy):
     path = single_copy / "z_image_turbo_bf16.safetensors"
-    with pytest.raises(ShapeMismatchError, match=r"tensor 'x_pad_token' has shape \(1, 64\) in the checkpoint but .* expects \(1, 96\) \(and 84 more"):
+    expected = r"tensor 'x_pad_token' has shape \(1, 64\) in the checkpoint but .* expects \(1, 96\) \(and 84 more"
+    with pytest.raises(ShapeMismatchError, match=expected):
         load_single_file(path, "transformer", config={"dim": 96, "n_heads": 3})
 
     def damage(tensors):
@@ -260,22 +268,34 @@ def test_shape_mismatch_names_tensor_and_both_shapes(single_copy):
         return tensors
 
     rewrite(path, damage)
-    with pytest.raises(ShapeMismatchError, match=r"'layers\.1\.feed_forward\.w1\.weight' has shape \(100, 64\) .* \(170, 64\)"):
+    expected = r"'layers\.1\.feed_forward\.w1\.weight' has shape \(100, 64\) .* \(170, 64\)"
+    with pytest.raises(ShapeMismatchError, match=expected):
         load_components(str(single_copy))
+
+
+def test_diffusers_folder_config_weights_mismatch_names_tensor(tmp_path, reference):
+    for role in (*ROLES, "tokenizer", "scheduler"):
+        getattr(reference[0], role).save_pretrained(tmp_path / role)
+    config_file = tmp_path / "text_encoder" / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "intermediate_size": 80}))
+    expected = r"tensor 'layers\.0\.mlp\.\w+_proj\.weight' has shape \((64, 32|32, 64)\) but text_encoder/config\.json"
+    with pytest.raises(ShapeMismatchError, match=expected):
+        load_components(str(tmp_path))
 
 
 def test_checkpoint_of_another_model_is_recognized(tmp_path, single_copy):
     flux = {"double_blocks.0.img_attn.qkv.weight": torch.zeros(3, 1), "img_in.weight": torch.zeros(1, 1)}
     save_file(flux, str(single_copy / "z_image_turbo_bf16.safetensors"))
     with pytest.raises(WrongModelError, match=r"holds a FLUX transformer .* not a Z-Image transformer"):
-        load_components(str(single_copy))
+        check_weights_source(str(single_copy))  # caught from the header alone, before anything loads
     with pytest.raises(WrongModelError, match=r"holds a VAE .* not a Qwen3 text encoder"):
         load_single_file(single_copy / "ae.safetensors", "text_encoder")
 
 
 def test_missing_tensor_is_reported(single_copy):
     rewrite(single_copy / "ae.safetensors", lambda t: {k: v for k, v in t.items() if "decoder.conv_out" not in k})
-    with pytest.raises(ShapeMismatchError, match=r"'decoder\.conv_out\.weight', which fixes the FLUX VAE's size, is missing"):
+    expected = r"'decoder\.conv_out\.weight', which fixes the FLUX VAE's size, is missing"
+    with pytest.raises(ShapeMismatchError, match=expected):
         load_components(str(single_copy))
 
 
@@ -283,13 +303,15 @@ def test_missing_tensor_is_reported(single_copy):
 
 
 def test_placement_sets_dtype_per_component_and_tiling():
-    placement = Placement(text_encoder_dtype="bf16", transformer_dtype=torch.float32, vae_dtype="float16", vae_tiling=True)
+    placement = Placement(text_encoder_dtype="bf16", transformer_dtype=torch.float32, vae_dtype="float16",
+                          vae_tiling=True)
     assert placement.text_encoder_dtype == "bfloat16" and placement.transformer_dtype == "float32"
     components = load_components("tiny", placement=placement)
     assert next(components.text_encoder.parameters()).dtype == torch.bfloat16
     assert next(components.transformer.parameters()).dtype == torch.float32
     assert next(components.vae.parameters()).dtype == torch.float16
     assert components.vae.use_tiling
+    assert Placement.everything_on("cpu", "bf16").vae_dtype == "bfloat16"
     apply_placement(components, Placement(vae_dtype="float32"))
     assert next(components.vae.parameters()).dtype == torch.float32 and not components.vae.use_tiling
 
@@ -349,3 +371,30 @@ def test_stored_config_is_json_in_header(single_files):
     with safe_open(str(single_files / "ae.safetensors"), "pt") as handle:
         config = json.loads(handle.metadata()["llm_dit.config"])
     assert config["latent_channels"] == 16 and config["norm_num_groups"] == 4
+
+
+def test_real_sizes_infer_the_real_configs():
+    """On meta tensors (no memory): Turbo-sized files convert both ways and infer Turbo's configs."""
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+
+    from llm_dit.models import single_file as sf
+
+    with sf.parameters_on_meta():
+        transformer = ZImageTransformer2DModel(**sf.ZIMAGE_TURBO_TRANSFORMER_CONFIG)
+        encoder = Qwen3Model(Qwen3Config(**sf.QWEN3_4B_CONFIG))
+        vae = AutoencoderKL(**sf.FLUX_VAE_CONFIG)
+    assert 6.15e9 < sum(p.numel() for p in transformer.parameters()) < 6.16e9
+    cases = [
+        (transformer, sf.transformer_to_original, sf.transformer_to_diffusers, sf.infer_transformer_config,
+         sf.ZIMAGE_TURBO_TRANSFORMER_CONFIG),
+        (encoder, sf.text_encoder_to_comfy, lambda sd, kind: sf.text_encoder_to_hf(sd), sf.infer_text_encoder_config,
+         sf.QWEN3_4B_CONFIG),
+        (vae, sf.vae_to_original, sf.vae_to_diffusers, sf.infer_vae_config, sf.FLUX_VAE_CONFIG),
+    ]
+    for module, to_file, from_file, infer, real_config in cases:
+        written = to_file(module.state_dict())
+        kind, role, _ = identify_checkpoint(written)
+        back = from_file(written, kind)
+        sf.check_state_dict(module, back, Path("file.safetensors"), role)
+        inferred = infer(back)
+        assert inferred == {key: real_config[key] for key in inferred}, role
