@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from callbacks.writer import read_rows  # one reader for the results table, torn lines and all
+
 RESULTS = "results.jsonl"
 SET_METRICS = "set_metrics.json"
 ANALYSIS = "embedding_analysis.json"
@@ -173,18 +175,6 @@ def _number(value: Any) -> bool:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """JSON lines; a torn last line (crash mid-write) is skipped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def load_run(run_dir: str | Path) -> RunData:
