@@ -3,13 +3,26 @@
 One process, one set of weights (the `random-z-image-turbo` preset, built on the
 GPU), timed in this order so neither side inherits the other's compiled code:
 
-  micro      bf16 matmul ceiling; attention kernels and GEMMs at Z-Image's shapes (bf16, fp8)
+  micro      bf16 matmul ceiling; attention kernels (and which one SDPA picks by itself) and
+             GEMMs at Z-Image's shapes (bf16, fp8; separate and fused q/k/v, w1/w3)
+  checks     one full-size block: diffusers' processor vs llm-dit's (fused q/k/v and w1/w3, direct cuDNN) against
+             a float32 reference; falls back to the dispatcher if the direct cuDNN call fails
   diffusers  eager: batch 1, batch 4, CFG; encoder (padded to 512), VAE decode, one DiT forward
-  diffusers  `compile_repeated_blocks(fullgraph=True)`: batch 1, one DiT forward, the study as a loop
+  diffusers  `compile_repeated_blocks(fullgraph=True)`: batch 1, one DiT forward (+ SM clock and
+             power while it runs, + a torch.profiler kernel summary), the study as a loop
   llm-dit    `ZImageModule.generate` with llm_dit.accel (eager, then compiled): batch 1, batch 4,
-             CFG, encoder (unpadded), one DiT forward, the study batched by seeds
-  fp8        the opt-in fp8 mode: batch 1 and its image difference to bf16
+             CFG, encoder (unpadded), one DiT forward (+ clock, + profile), the study batched by seeds
+  fp8        the opt-in fp8 mode: batch 1, one DiT forward (+ profile), image difference to bf16
+  ablation   one compiled DiT forward per variant of llm-dit's path: v1 (dispatcher, no fusion),
+             direct cuDNN (the default since v2), + fused q/k/v, + fused w1/w3 (opt-in), each
+             recompiled on the same card
   memory     a 1024^2 study batch with the text encoder freed after encoding
+  profiles   torch.profiler kernel summaries of one compiled DiT forward: diffusers (right after its
+             turn), llm-dit bf16 and fp8 (at the end), so that nothing timed runs after the profiler
+
+`--sections a b ...` runs only those sections (build always runs); `--skip` leaves some out.
+Kernel summaries go to $OUT/profile_<path>.txt, a chrome trace of llm-dit's forward to
+$OUT/trace_ours.json.gz.
 
 s/image is wall time per image of a full text-to-image call (encode, 8 steps,
 VAE decode, copy to host), median of the timed runs; batch-1 runs encode a prompt
@@ -28,13 +41,18 @@ Run on the device machine (see benchmarks/NOTES.md for the exact command):
 from __future__ import annotations
 
 import argparse
+import copy
+import gzip
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
+import threading
 import time
 import traceback
+from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,8 +81,8 @@ COMPILE_BACKEND = "inductor"
 class Bench:
     """Results, a deadline, and sections that record their error and let the rest run."""
 
-    def __init__(self, out: Path, budget: float, skip: set[str] = frozenset()) -> None:
-        self.out, self.start, self.budget, self.skip = out, time.perf_counter(), budget, skip
+    def __init__(self, out: Path, budget: float, skip: set[str] = frozenset(), only: set[str] | None = None) -> None:
+        self.out, self.start, self.budget, self.skip, self.only = out, time.perf_counter(), budget, skip, only
         self.results: dict = {"errors": {}, "sections_s": {}, "skipped": []}
         out.mkdir(parents=True, exist_ok=True)
 
@@ -73,8 +91,8 @@ class Bench:
 
     def ready(self, name: str, needs: float = 0.0) -> bool:
         """Whether ~`needs` seconds are left for section `name` (else it is recorded as skipped)."""
-        if name in self.skip:
-            self.results["skipped"].append(f"{name} (--skip)")
+        if name in self.skip or (self.only is not None and name not in self.only):
+            self.results["skipped"].append(f"{name} (--skip / --sections)")
             return False
         if self.left() >= needs:
             return True
@@ -171,10 +189,121 @@ def graphs() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
+class GpuSampler:
+    """SM clock (MHz) and power (W) read through NVML every `period` s while a block of GPU work runs."""
+
+    def __init__(self, period: float = 0.02) -> None:
+        self.period, self.clocks, self.power, self.error = period, [], [], None
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.clocks.append(torch.cuda.clock_rate())
+                self.power.append(torch.cuda.power_draw() / 1000)
+            except Exception as error:  # noqa: BLE001 - no NVML: no clock numbers, the timing still counts
+                self.error = f"{type(error).__name__}: {str(error)[:120]}"
+                return
+            time.sleep(self.period)
+
+    def __enter__(self) -> GpuSampler:
+        if torch.cuda.is_available():
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if hasattr(self, "_thread"):
+            self._thread.join()
+
+    def summary(self) -> dict:
+        if not self.clocks:
+            return {"error": self.error} if self.error else {}
+        return {"sm_mhz_median": median(self.clocks), "sm_mhz_min": min(self.clocks),
+                "power_w_median": round(median(self.power), 1), "samples": len(self.clocks)}
+
+
+def timed_forward(fn, repeat: int = 8, warmup: int = 2) -> tuple[float, dict]:
+    """cuda_ms of `fn` with the SM clock and power sampled during the timed repeats."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    with GpuSampler() as sampler:
+        ms = cuda_ms(fn, repeat=repeat, warmup=0)
+    return round(ms, 1), sampler.summary()
+
+
+def kernel_category(name: str) -> str:
+    lower = name.lower()
+    if any(key in lower for key in ("sdpa", "fmha", "flash", "attention", "attn")):
+        return "attention"
+    if lower.startswith("triton"):
+        return "triton (Inductor fusions)"
+    if any(key in lower for key in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "gemv", "splitk")):
+        return "gemm"
+    if "memcpy" in lower or "memset" in lower:
+        return "memcpy/memset"
+    return "other (aten kernels)"
+
+
+def profile_forward(fn, path: Path, label: str, trace: Path | None = None) -> dict:
+    """Kernels of one call of `fn` (after a warm-up call): time per category and the top kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    began = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    wall_ms = (time.perf_counter() - began) * 1e3
+    kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if getattr(event, "device_type", None) != DeviceType.CUDA:
+            continue
+        entry = kernels[event.name]
+        entry[0] += event.time_range.elapsed_us() / 1e3
+        entry[1] += 1
+    total = sum(ms for ms, _ in kernels.values())
+    categories: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for name, (ms, count) in kernels.items():
+        categories[kernel_category(name)][0] += ms
+        categories[kernel_category(name)][1] += count
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+    lines = [f"{label}: one forward, {total:.1f} ms of kernels, {sum(c for _, c in kernels.values())} launches, "
+             f"{wall_ms:.1f} ms wall under the profiler", "", "by category:"]
+    for name, (ms, count) in sorted(categories.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"  {name:28} {ms:8.2f} ms  {100 * ms / max(total, 1e-9):5.1f} %  {int(count):5d} launches")
+    lines += ["", f"{'ms':>9} {'calls':>6} {'us/call':>9}  kernel"]
+    for name, (ms, count) in top[:40]:
+        lines.append(f"{ms:9.2f} {int(count):6d} {1e3 * ms / count:9.1f}  [{kernel_category(name)}] {name[:220]}")
+    try:
+        sort_key = "self_device_time_total" if hasattr(prof.key_averages()[0], "self_device_time_total") else "self_cuda_time_total"
+        lines += ["", "operators (key_averages):", prof.key_averages().table(sort_by=sort_key, row_limit=30, max_name_column_width=90)]
+    except Exception as error:  # noqa: BLE001
+        lines.append(f"key_averages failed: {error}")
+    path.write_text("\n".join(lines) + "\n")
+    if trace is not None:
+        raw = trace.with_suffix("")
+        prof.export_chrome_trace(str(raw))
+        with open(raw, "rb") as source, gzip.open(trace, "wb") as target:
+            shutil.copyfileobj(source, target)
+        raw.unlink()
+    return {
+        "kernel_ms": round(total, 2), "launches": int(sum(c for _, c in kernels.values())), "wall_ms_profiled": round(wall_ms, 1),
+        "categories": {name: {"ms": round(ms, 2), "share": round(ms / max(total, 1e-9), 3), "launches": int(count)}
+                       for name, (ms, count) in sorted(categories.items(), key=lambda kv: -kv[1][0])},
+        "attention_kernels": sorted({name[:160] for name in kernels if kernel_category(name) == "attention"}),
+        "top": [{"kernel": name[:160], "ms": round(ms, 2), "calls": int(count)} for name, (ms, count) in top[:15]],
+    }
+
+
 # ----- micro-benchmarks ---------------------------------------------------------------------
 
 
-def micro(bench: Bench, caption_len: int) -> dict:
+def micro(bench: Bench, caption_len: int, vae_variants: bool = False) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention as sdpa
 
@@ -211,11 +340,32 @@ def micro(bench: Bench, caption_len: int) -> dict:
             attention[name] = {"ms": round(ms, 3), "tflops": round(2 * flops / ms / 1e9, 1)}
         except Exception as error:  # noqa: BLE001
             attention[name] = f"{type(error).__name__}: {str(error)[:200]}"
+    try:  # the kernel SDPA picks on its own for these inputs (what diffusers' default "native" backend gets)
+        attention["sdpa_default_choice"] = SDPBackend(int(torch._fused_sdp_choice(q, k, v))).name
+    except Exception as error:  # noqa: BLE001
+        attention["sdpa_default_choice"] = f"{type(error).__name__}: {str(error)[:200]}"
+    # The layouts inside the DiT: q, k [B, L, H, D] from the RoPE kernel, v a view of the fused q/k/v product.
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    from llm_dit.accel import attention_blhd
+
+    packed = torch.randn(1, length, 3, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    qb, kb, vb = packed[:, :, 0].contiguous(), packed[:, :, 1].contiguous(), packed[:, :, 2]
+    variants = {
+        "cudnn_direct_blhd_views": lambda: attention_blhd(qb, kb, vb, None, backend="_native_cudnn").flatten(2, 3),
+        "cudnn_diffusers_dispatch_blhd": lambda: dispatch_attention_fn(qb, kb, vb, backend="_native_cudnn").flatten(2, 3),
+    }
+    for name, fn in variants.items():
+        try:
+            ms = cuda_ms(fn, repeat=10, warmup=2)
+            attention[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)}
+        except Exception as error:  # noqa: BLE001
+            attention[name] = f"{type(error).__name__}: {str(error)[:200]}"
     out["attention_b1"] = attention
-    del q, k, v, q2, k2, v2
+    del q, k, v, q2, k2, v2, packed, qb, kb, vb
 
     gemms = {}
-    for k_dim, n_dim in ((3840, 3840), (3840, 11520), (3840, 10240), (10240, 3840)):
+    for k_dim, n_dim in ((3840, 3840), (3840, 11520), (3840, 10240), (3840, 20480), (10240, 3840)):
         x = torch.randn(length, k_dim, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(n_dim, k_dim, device="cuda", dtype=torch.bfloat16) * 0.02
         flop = 2 * length * k_dim * n_dim
@@ -231,6 +381,8 @@ def micro(bench: Bench, caption_len: int) -> dict:
                 row[f"fp8_rowwise{'_fastacc' if fast else ''}"] = f"{type(error).__name__}: {str(error)[:200]}"
         gemms[f"M{length}_K{k_dim}_N{n_dim}"] = row
     out["gemm"] = gemms
+    if not vae_variants:  # measured in v1 (benchmarks/NOTES.md): --vae-variants repeats it
+        return out
 
     vae = bench.vae
     latent = torch.randn(1, 16, SIZE // 8, SIZE // 8, device="cuda", dtype=torch.bfloat16)
@@ -246,6 +398,64 @@ def micro(bench: Bench, caption_len: int) -> dict:
         torch.backends.cudnn.benchmark = False
     out["vae_decode_ms_variants"] = {k: round(v, 1) for k, v in variants.items()}
     return out
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def block_check(transformer, caption_len: int) -> dict:
+    """One full-size main block on random inputs: diffusers' processor (its default SDPA) and llm-dit's
+    (fused q/k/v and w1/w3, direct cuDNN, real RoPE), both bf16, against the block in float32."""
+    from torch import nn
+
+    from llm_dit.accel import attention_blhd, install_fused_projections, install_real_rope, is_fused
+
+    block = transformer.layers[0]
+    device, dim = transformer.device, transformer.config.dim
+    length = 4096 + caption_len + (-caption_len) % 32
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(1, length, dim, device=device, dtype=torch.bfloat16, generator=generator)
+    half = dim // transformer.config.n_heads // 2
+    freqs = torch.polar(torch.ones(1, length, half, device=device),
+                        torch.randn(1, length, half, device=device, generator=generator) * 3)
+    adaln = torch.randn(1, min(dim, 256), device=device, dtype=torch.bfloat16, generator=generator)
+    out: dict = {}
+    with torch.no_grad():
+        reference = copy.deepcopy(block).float()(x.float(), None, freqs, adaln.float())
+        theirs = block(x, None, freqs, adaln)
+        holder = nn.Module()
+        holder.layers = nn.ModuleList([copy.deepcopy(block)])
+        install_real_rope(holder, ("layers",))
+        install_fused_projections(holder, ("layers",))
+        holder.layers[0].attention.processor._attention_backend = "_native_cudnn"
+        ours = holder.layers[0](x, None, freqs, adaln)
+        out["block_rel_error_vs_fp32"] = {"diffusers_bf16": round(relative_error(theirs, reference), 5),
+                                          "llm_dit_bf16": round(relative_error(ours, reference), 5),
+                                          "llm_dit_vs_diffusers": round(relative_error(ours, theirs), 5)}
+        out["fused"] = is_fused(holder.layers[0].attention) and is_fused(holder.layers[0].feed_forward)
+        packed = torch.randn(1, length, 3, transformer.config.n_heads, 2 * half, device=device, dtype=torch.bfloat16,
+                             generator=generator)
+        q, k, v = packed[:, :, 0].contiguous(), packed[:, :, 1].contiguous(), packed[:, :, 2]
+        direct = attention_blhd(q, k, v, None, backend="_native_cudnn")
+        exact = torch.nn.functional.scaled_dot_product_attention(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
+        out["cudnn_direct_rel_error_vs_fp32"] = round(relative_error(direct, exact), 5)
+        out["finite"] = bool(torch.isfinite(ours).all() and torch.isfinite(direct).all())
+    del holder, reference
+    torch.cuda.empty_cache()
+    return out
+
+
+def set_variant(transformer, fuse, direct_cudnn: bool) -> None:
+    """Switch llm-dit's compiled path between v1 and v2 pieces (the next call recompiles)."""
+    from llm_dit.accel import install_fused_projections, remove_fused_projections
+
+    remove_fused_projections(transformer)
+    if fuse:
+        install_fused_projections(transformer, qkv=fuse in (True, "qkv"), ffn=fuse in (True, "ffn"))
+    for target in ("layers", "noise_refiner"):
+        for block in getattr(transformer, target):
+            block.attention.processor.direct_cudnn = direct_cudnn
 
 
 # ----- the two paths ---------------------------------------------------------------------------
@@ -344,24 +554,31 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", help="llm-dit's backend; 'auto' = fastest unmasked kernel measured in micro")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run of every section on the tiny model (checks the script)")
     parser.add_argument("--skip", nargs="*", default=[], help="section names to leave out (e.g. a partial re-run)")
+    parser.add_argument("--sections", nargs="*", default=None, help="run only these sections (build always runs)")
+    parser.add_argument("--vae-variants", action="store_true", help="micro: also time VAE decode variants (v1 did)")
+    parser.add_argument("--fuse", choices=["none", "qkv", "ffn", "all"], default=None,
+                        help="llm-dit's fused projections (default: the library's default, off since v2)")
     args = parser.parse_args()
     global SIZE, COMPILE_BACKEND
     if args.smoke:
         SIZE, COMPILE_BACKEND = SMOKE["size"], SMOKE["compile_backend"]
-    bench = Bench(Path(args.out), args.budget, set(args.skip))
+    only = None if args.sections is None else set(args.sections) | {"build", "switch_to_ours"}
+    bench = Bench(Path(args.out), args.budget, set(args.skip), only)
     r = bench.results
+    cuda = torch.cuda.is_available()
 
     import diffusers
     import transformers
 
     import surgery
-    from llm_dit.accel import accelerate, configure_dynamo, convert_to_fp8, uncompile_blocks
+    from llm_dit.accel import accelerate, configure_dynamo, convert_to_fp8, fused_bytes, uncompile_blocks
     from llm_dit.models.placement import free_text_encoder
     from llm_dit.module import ZImageModule
 
     configure_dynamo()
-    r["env"] = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (smoke)", "torch": torch.__version__, "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__, "size": SIZE, "steps": STEPS, "cfg_guidance": GUIDANCE}
+    r["env"] = {"gpu": torch.cuda.get_device_name() if cuda else "cpu (smoke)", "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__, "size": SIZE, "steps": STEPS, "cfg_guidance": GUIDANCE,
+                "cudnn": torch.backends.cudnn.version() if cuda else None}
     print(r["env"], flush=True)
 
     if bench.ready("build", needs=0):
@@ -381,15 +598,30 @@ def main() -> None:
     flop_b1 = dit_tflop(transformer.config, SIZE, SIZE, caption_len)
     r["dit_tflop_per_forward"] = round(flop_b1, 2)
     r["caption_tokens"] = caption_len
+    direct_cudnn = True  # llm-dit calls cuDNN attention itself, unless the check below fails
+    profiles = r.setdefault("profiles", {})
 
-    if bench.ready("micro", needs=0 if torch.cuda.is_available() else math.inf):
+    if bench.ready("micro", needs=0 if cuda else math.inf):
         with bench.section("micro"):
             bench.vae = components.vae
-            r["micro"] = micro(bench, caption_len)
+            r["micro"] = micro(bench, caption_len, vae_variants=args.vae_variants)
             print(json.dumps(r["micro"], indent=1), flush=True)
+
+    if bench.ready("checks", needs=0 if cuda else math.inf):
+        with bench.section("checks"):
+            try:
+                r["checks"] = block_check(transformer, caption_len)
+                direct_cudnn = r["checks"]["finite"]
+            except Exception:
+                direct_cudnn = False
+                raise
+            finally:
+                r.setdefault("checks", {})["direct_cudnn_used"] = direct_cudnn
+                print(json.dumps(r.get("checks"), indent=1), flush=True)
 
     d, o = r.setdefault("diffusers", {}), r.setdefault("ours", {})
     reference = {}
+    fuse = {None: None, "none": False, "qkv": "qkv", "ffn": "ffn", "all": True}[args.fuse]
 
     if bench.ready("diffusers_eager", needs=0):
         with bench.section("diffusers_eager"):
@@ -413,7 +645,7 @@ def main() -> None:
             transformer.compile_repeated_blocks(fullgraph=True, backend=COMPILE_BACKEND)
             d["compiled_first_call_s"] = round(wall(lambda: theirs.run(1), 1)[0], 1)
             d["compiled_b1"] = timed_runs(lambda: theirs.run(1), 2)
-            d["dit_forward_compiled_ms"] = round(cuda_ms(dit_forward(transformer, caption), repeat=5), 1)
+            d["dit_forward_compiled_ms"], d["dit_forward_gpu"] = timed_forward(dit_forward(transformer, caption))
             d["dit_forward_compiled_tflops"] = round(flop_b1 / d["dit_forward_compiled_ms"] * 1e3, 1)
             d["compiled_graphs"] = graphs() - graphs_before
 
@@ -435,17 +667,30 @@ def main() -> None:
                           "images_per_hour": round(done / seconds * 3600), "recompiled_graphs": graphs() - graphs_before}
             theirs.pipe.scheduler = theirs.scheduler(3.0)
 
+    # Profiles come last in each path's turn: nothing timed runs after the profiler has been on.
+    if "dit_forward_compiled_ms" in d and bench.ready("diffusers_profile", needs=0 if cuda else math.inf):
+        with bench.section("diffusers_profile"):
+            profiles["diffusers_compiled"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_diffusers.txt",
+                                                             "diffusers compile_repeated_blocks")
+
     if bench.ready("switch_to_ours", needs=0):
         with bench.section("switch_to_ours"):
             uncompile_blocks(transformer)
             torch._dynamo.reset()
             backend = args.attention
             if backend == "auto":  # fastest kernel without a mask: length grouping means ours never needs one
-                timings = {k: v["ms"] for k, v in r.get("micro", {}).get("attention_b1", {}).items()
-                           if isinstance(v, dict) and "masked" not in k}
                 names = {"flash": "_native_flash", "cudnn": "_native_cudnn", "efficient": "_native_efficient"}
-                backend = names[min(timings, key=timings.get)] if timings else ("_native_cudnn" if torch.cuda.is_available() else "native")
+                timings = {k: v["ms"] for k, v in r.get("micro", {}).get("attention_b1", {}).items()
+                           if k in names and isinstance(v, dict)}
+                backend = names[min(timings, key=timings.get)] if timings else ("_native_cudnn" if cuda else "native")
             o["attention_backend"] = backend
+            o["direct_cudnn"] = direct_cudnn and backend == "_native_cudnn"
+
+    def ours_processors(direct: bool) -> None:
+        for target in ("layers", "noise_refiner"):
+            for block in getattr(transformer, target):
+                if hasattr(block.attention.processor, "direct_cudnn"):
+                    block.attention.processor.direct_cudnn = direct
 
     if bench.ready("ours_eager", needs=0):
         with bench.section("ours_eager"):
@@ -453,14 +698,18 @@ def main() -> None:
             wall(lambda: ours.run(ours.batch(1)), 1)
             o["eager_b1"] = timed_runs(lambda: ours.run(ours.batch(1)), 2)
             o["dit_forward_eager_ms"] = round(cuda_ms(dit_forward(transformer, caption), repeat=3), 1)
-            o["parity_eager_vs_diffusers_eager"] = image_difference(ours.run(ours.batch(1)), reference["b1"])
+            if "b1" in reference:
+                o["parity_eager_vs_diffusers_eager"] = image_difference(ours.run(ours.batch(1)), reference["b1"])
 
     if bench.ready("ours_compiled", needs=90):
         with bench.section("ours_compiled"):
             graphs_before = graphs()
-            acc = accelerate(transformer, compile=True, attention_backend=backend, compile_backend=COMPILE_BACKEND)
+            acc = accelerate(transformer, compile=True, attention_backend=backend, compile_backend=COMPILE_BACKEND,
+                             fuse_projections=fuse)
+            ours_processors(direct_cudnn)
             o["acceleration"] = acc.to_dict()
             o["compile_first_calls_s"] = round(sum(wall(lambda: ours.run(ours.batch(1)), 1) + wall(lambda: ours.run(ours.batch(4)), 1)), 1)
+            o["fused_weight_copies_gib"] = round(fused_bytes(transformer) / GIB, 2)
             reference["ours_b1"] = ours.run(ours.batch(1))
             o["compiled_b1"] = timed_runs(lambda: ours.run(ours.batch(1)), 3)
             o["compiled_b1_cached_embedding"] = timed_runs(lambda: ours.run(ours.batch(1), fresh_prompt=False), 2)
@@ -469,11 +718,12 @@ def main() -> None:
             o["compiled_cfg"] = timed_runs(lambda: ours.run(ours.batch(1, guidance=GUIDANCE)), 2)
             o["encoder_ms_unpadded"] = round(cuda_ms(lambda: module.encoder.encode([PROMPT])), 2)
             with surgery.cache_context_refiner(transformer):
-                o["dit_forward_compiled_ms"] = round(cuda_ms(dit_forward(transformer, caption), repeat=5, warmup=2), 1)
+                o["dit_forward_compiled_ms"], o["dit_forward_gpu"] = timed_forward(dit_forward(transformer, caption))
                 o["dit_forward_compiled_b4_ms"] = round(cuda_ms(dit_forward(transformer, caption, 4), repeat=3), 1)
             o["dit_forward_compiled_tflops"] = round(flop_b1 / o["dit_forward_compiled_ms"] * 1e3, 1)
             o["dit_forward_compiled_b4_tflops"] = round(4 * flop_b1 / o["dit_forward_compiled_b4_ms"] * 1e3, 1)
-            o["parity_compiled_vs_diffusers_eager"] = image_difference(reference["ours_b1"], reference["b1"])
+            if "b1" in reference:
+                o["parity_compiled_vs_diffusers_eager"] = image_difference(reference["ours_b1"], reference["b1"])
             o["compiled_graphs"] = graphs() - graphs_before
 
     if bench.ready("ours_study", needs=70):
@@ -503,14 +753,40 @@ def main() -> None:
                 f["first_call_s"] = round(wall(lambda: ours.run(ours.batch(1)), 1)[0], 1)
                 image = ours.run(ours.batch(1))
                 f["b1"] = timed_runs(lambda: ours.run(ours.batch(1)), 3)
+                f["fused_weight_copies_gib"] = round(fused_bytes(transformer) / GIB, 2)
                 with surgery.cache_context_refiner(transformer):
-                    f["dit_forward_ms"] = round(cuda_ms(dit_forward(transformer, caption), repeat=5, warmup=2), 1)
+                    f["dit_forward_ms"], f["dit_forward_gpu"] = timed_forward(dit_forward(transformer, caption))
                 f["dit_forward_bf16_equivalent_tflops"] = round(flop_b1 / f["dit_forward_ms"] * 1e3, 1)
                 if "ours_b1" in reference:
                     f["difference_to_bf16"] = image_difference(image, reference["ours_b1"])
                 f["graphs"] = graphs() - graphs_before
             finally:
                 restore()
+
+    if bench.ready("ablation", needs=60):
+        with bench.section("ablation"):
+            # Compiled bf16 DiT forward (b1, refiner cached) per variant; each is a recompile on the same card.
+            variants = [("v1: dispatcher cuDNN (copies), separate GEMMs", False, False),
+                        ("direct cuDNN, separate GEMMs", False, True),
+                        ("direct cuDNN + fused q/k/v", "qkv", True),
+                        ("direct cuDNN + fused q/k/v + w1/w3", True, True)]
+            a = r.setdefault("ablation", {})
+            if "acceleration" not in o:
+                accelerate(transformer, compile=True, attention_backend=backend, compile_backend=COMPILE_BACKEND,
+                           fuse_projections=fuse)
+            for name, fuse, direct in variants:
+                if bench.left() < 45:
+                    r["skipped"].append(f"ablation {name} ({bench.left():.0f}s left)")
+                    continue
+                set_variant(transformer, fuse, direct and direct_cudnn)
+                graphs_before = graphs()
+                with surgery.cache_context_refiner(transformer):
+                    first = wall(dit_forward(transformer, caption), 1)[0]
+                    ms, gpu = timed_forward(dit_forward(transformer, caption))
+                a[name] = {"ms": ms, "tflops": round(flop_b1 / ms * 1e3, 1), "first_call_s": round(first, 1),
+                           "new_graphs": graphs() - graphs_before, "gpu": gpu}
+                print(f"  ablation {name}: {ms} ms", flush=True)
+            set_variant(transformer, fuse or False, direct_cudnn)  # back to what the other sections measured
 
     if bench.ready("memory_free_encoder", needs=20):
         with bench.section("memory_free_encoder"):
@@ -519,9 +795,25 @@ def main() -> None:
             module.pre_encode(items)
             free_text_encoder(components)
             peaks = [module.generate(batch)[4] or 0 for batch in batches[:2]]
-            allocated = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+            allocated = torch.cuda.memory_allocated() if cuda else 0
             r["memory"] = {"study_batch4_peak_allocated_gib_encoder_freed": round(max(peaks) / GIB, 2),
-                           "allocated_after_gib": round(allocated / GIB, 2)}
+                           "allocated_after_gib": round(allocated / GIB, 2),
+                           "fused_weight_copies_gib": round(fused_bytes(transformer) / GIB, 2)}
+
+    if "acceleration" in o and bench.ready("ours_profile", needs=0 if cuda else math.inf):
+        with bench.section("ours_profile"), surgery.cache_context_refiner(transformer):
+            profiles["ours_compiled"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_ours.txt",
+                                                        "llm-dit compiled (v2)", trace=bench.out / "trace_ours.json.gz")
+
+    if "dit_forward_ms" in r.get("fp8", {}) and bench.ready("fp8_profile", needs=0 if cuda else math.inf):
+        with bench.section("fp8_profile"):
+            restore = convert_to_fp8(transformer, keep_originals=True)
+            try:
+                with surgery.cache_context_refiner(transformer):
+                    profiles["fp8"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_fp8.txt",
+                                                      "llm-dit compiled fp8 (v2)")
+            finally:
+                restore()
 
     summarize(bench)
 
@@ -530,6 +822,13 @@ def ratio(theirs: float | None, ours: float | None) -> str:
     if not theirs or not ours:
         return "-"
     return f"{theirs / ours:.2f}x"
+
+
+def profile_line(profile: dict | None) -> str:
+    if not profile:
+        return "-"
+    parts = [f"{name.split(' ')[0]} {v['ms']:.1f}" for name, v in profile["categories"].items()]
+    return f"{profile['kernel_ms']:.1f} ms of kernels ({', '.join(parts)})"
 
 
 def summarize(bench: Bench) -> None:
@@ -566,10 +865,24 @@ def summarize(bench: Bench) -> None:
                  f"llm-dit {o.get('dit_forward_compiled_tflops')} (b4 {o.get('dit_forward_compiled_b4_tflops')}), "
                  f"fp8 {f.get('dit_forward_bf16_equivalent_tflops')} bf16-equivalent; matmul ceiling "
                  f"{r.get('micro', {}).get('matmul_8192_bf16_tflops')}")
+    lines.append(f"SM clock / power during the DiT timing: diffusers compiled {d.get('dit_forward_gpu')}; llm-dit {o.get('dit_forward_gpu')}; "
+                 f"fp8 {f.get('dit_forward_gpu')}")
+    profiles = r.get("profiles", {})
+    lines.append(f"profile diffusers compiled: {profile_line(profiles.get('diffusers_compiled'))}; attention kernels "
+                 f"{[k[:60] for k in (profiles.get('diffusers_compiled') or {}).get('attention_kernels', [])]}")
+    lines.append(f"profile llm-dit compiled:   {profile_line(profiles.get('ours_compiled'))}; attention kernels "
+                 f"{[k[:60] for k in (profiles.get('ours_compiled') or {}).get('attention_kernels', [])]}")
+    lines.append(f"profile llm-dit fp8:        {profile_line(profiles.get('fp8'))}")
+    if r.get("ablation"):
+        lines.append("ablation (compiled DiT forward ms): " + "; ".join(f"{k}: {v['ms']}" for k, v in r["ablation"].items()))
+    lines.append(f"checks: {r.get('checks')}; fused weight copies: {o.get('fused_weight_copies_gib')} GiB bf16, "
+                 f"{f.get('fused_weight_copies_gib')} GiB fp8; SDPA's own choice: "
+                 f"{r.get('micro', {}).get('attention_b1', {}).get('sdpa_default_choice')}")
     lines.append(f"parity llm-dit compiled vs diffusers eager: {o.get('parity_compiled_vs_diffusers_eager')}; "
                  f"eager: {o.get('parity_eager_vs_diffusers_eager')}")
     lines.append(f"fp8 vs bf16 image: {f.get('difference_to_bf16')}; memory: {r.get('memory')}")
-    lines.append(f"attention backend: {o.get('attention_backend')}; errors: {list(r['errors'])}; skipped: {r['skipped']}")
+    lines.append(f"attention backend: {o.get('attention_backend')} (direct: {o.get('direct_cudnn')}); errors: {list(r['errors'])}; "
+                 f"skipped: {r['skipped']}")
     table = "\n".join(lines)
     r["table"] = table
     bench.save()

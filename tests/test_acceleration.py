@@ -14,16 +14,22 @@ from llm_dit.accel import (
     ZImageRealRopeProcessor,
     accelerate,
     apply_rotary_real,
+    attention_blhd,
     compile_blocks,
     convert_to_fp8,
     dequantize_rowwise,
+    fused_bytes,
     has_length_grouping,
+    install_fused_projections,
     install_length_grouping,
     install_real_rope,
     is_compiled,
+    is_fused,
     length_groups,
     padded_caption_length,
     quantize_rowwise,
+    refresh_fused,
+    remove_fused_projections,
     remove_length_grouping,
     uncompile_blocks,
 )
@@ -110,6 +116,219 @@ def test_real_rope_processor_leaves_the_dit_unchanged(transformer):
     assert (run(transformer, *case) - reference).abs().max().item() < 1e-6
 
 
+# ----- fused projections (q/k/v, w1/w3) and the attention call -----------------------------
+
+
+def fuse(transformer, **options) -> None:
+    """What `accelerate(compile=True, fuse_projections=True)` installs, without compiling: llm-dit's processor and the fusions."""
+    install_real_rope(transformer)
+    install_fused_projections(transformer, **options)
+
+
+def block_inputs(transformer, batch: int = 2, length: int = 64, seed: int = 0, masked: bool = False):
+    """Random inputs of one modulated block: x, key mask, complex RoPE frequencies, adaLN input."""
+    generator = torch.Generator().manual_seed(seed)
+    dim, head_dim = transformer.config.dim, transformer.config.dim // transformer.config.n_heads
+    x = torch.randn(batch, length, dim, generator=generator)
+    freqs = torch.polar(torch.ones(batch, length, head_dim // 2), torch.randn(batch, length, head_dim // 2, generator=generator))
+    mask = None
+    if masked:
+        mask = torch.ones(batch, length, dtype=torch.bool)
+        mask[1:, length - 20:] = False
+    return x, mask, freqs, torch.randn(batch, min(dim, 256), generator=generator)
+
+
+def block_output(block, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return block(*inputs)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fused_block_equals_the_diffusers_block(transformer, masked):
+    """One block: diffusers' processor and separate linears vs llm-dit's (fused q/k/v and w1/w3, real RoPE)."""
+    inputs = block_inputs(transformer, masked=masked)
+    block = transformer.layers[0]
+    reference = block_output(block, inputs)
+    fuse(transformer)
+    assert block_output(block, inputs).sub(reference).abs().max().item() < 1e-5
+    assert is_fused(block.attention) and is_fused(block.feed_forward)
+    assert transformer.layers[0].attention._llm_dit_fused_weight.shape == (3 * transformer.config.dim, transformer.config.dim)
+
+
+def test_fused_dit_equals_plain_and_keeps_the_state_dict(transformer):
+    case = dit_inputs([10, 45])
+    reference = run(transformer, *case)
+    state = {k: v.clone() for k, v in transformer.state_dict().items()}
+    parameters = {name: p for name, p in transformer.named_parameters()}
+    fuse(transformer)
+    assert (run(transformer, *case) - reference).abs().max().item() < 1e-5
+    after = transformer.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    assert {name: p for name, p in transformer.named_parameters()} == parameters  # the same Parameter objects
+    config = transformer.config
+    expected = 4 * (3 * config.dim * config.dim + 2 * config.dim * int(config.dim / 3 * 8)) * 4  # float32 bytes
+    assert fused_bytes(transformer) == expected
+
+
+@pytest.mark.parametrize("which", ["qkv", "ffn"])
+def test_one_fusion_alone(transformer, which):
+    case = dit_inputs([10, 45])
+    reference = run(transformer, *case)
+    fuse(transformer, qkv=which == "qkv", ffn=which == "ffn")
+    assert (run(transformer, *case) - reference).abs().max().item() < 1e-5
+    block = transformer.layers[0]
+    assert is_fused(block.attention) == (which == "qkv") and is_fused(block.feed_forward) == (which == "ffn")
+
+
+def test_fused_weights_follow_edits(transformer):
+    """In-place edits, load_state_dict, .data reassignment and dtype casts all reach the fused GEMM."""
+    inputs = block_inputs(transformer)
+    block = transformer.layers[0]
+    plain = copy.deepcopy(block)
+    fuse(transformer)
+    block_output(block, inputs)  # builds the cache
+    edits = [
+        lambda b: b.attention.to_k.weight.mul_(0.5),
+        lambda b: b.feed_forward.w3.weight.add_(0.01),
+        lambda b: b.load_state_dict({k: v * 1.1 for k, v in b.state_dict().items()}),
+        lambda b: setattr(b.attention.to_v.weight, "data", b.attention.to_v.weight.data * -1),
+    ]
+    for edit in edits:
+        with torch.no_grad():
+            edit(block)
+            edit(plain)
+        assert block_output(block, inputs).sub(block_output(plain, inputs)).abs().max().item() < 1e-5
+    with torch.no_grad():  # an edit that bypasses the version counter needs an explicit refresh
+        block.feed_forward.w1.weight.data.mul_(2)
+        plain.feed_forward.w1.weight.data.mul_(2)
+    refresh_fused(block)
+    assert block_output(block, inputs).sub(block_output(plain, inputs)).abs().max().item() < 1e-5
+    block.double(), plain.double()
+    double_inputs = tuple(t.double() if t is not None and t.is_floating_point() else t for t in inputs)
+    assert block.attention._llm_dit_fused_weight.dtype == torch.float64  # the buffer moved with the module
+    assert block_output(block, double_inputs).sub(block_output(plain, double_inputs)).abs().max().item() < 1e-10
+
+
+def test_hooks_wrappers_and_gradients_run_the_separate_linears(transformer):
+    inputs = block_inputs(transformer)
+    block = transformer.layers[0]
+    reference = block_output(block, inputs)
+    fuse(transformer)
+    seen = []
+    handle = block.attention.to_q.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert block_output(block, inputs).sub(reference).abs().max().item() < 1e-5
+    assert seen and not is_fused(block.attention)  # a probe on to_q sees its output: no fusion
+    handle.remove()
+    block_output(block, inputs)
+    assert is_fused(block.attention)
+
+    class Scaled(nn.Module):  # a wrapper in place of a linear (as LoRA puts there)
+        def __init__(self, inner: nn.Linear) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return 2 * self.inner(x)
+
+    original = block.feed_forward.w3
+    block.feed_forward.w3 = Scaled(original)
+    wrapped = block_output(block, inputs)
+    assert not is_fused(block.feed_forward) and not torch.allclose(wrapped, reference)
+    block.feed_forward.w3 = original
+
+    block.requires_grad_(True)
+    out = block(*inputs)
+    assert not is_fused(block.attention) and not is_fused(block.feed_forward)
+    out.square().mean().backward()
+    assert block.attention.to_q.weight.grad is not None and block.feed_forward.w1.weight.grad is not None
+    assert out.detach().sub(reference).abs().max().item() < 1e-5
+
+
+def test_frozen_weights_with_grad_mode_on_still_backpropagate_to_inputs(transformer):
+    """Adapter training runs frozen blocks with grad on: the fused path must pass gradients to x."""
+    inputs = block_inputs(transformer)
+    block = transformer.layers[0]
+    plain = copy.deepcopy(block)
+    fuse(transformer)
+    with torch.inference_mode():
+        block_output(block, inputs)  # cache built under inference mode
+    x = inputs[0].clone().requires_grad_(True)
+    x_plain = inputs[0].clone().requires_grad_(True)
+    block(x, *inputs[1:]).sum().backward()
+    plain(x_plain, *inputs[1:]).sum().backward()
+    assert is_fused(block.attention)
+    assert (x.grad - x_plain.grad).abs().max().item() < 1e-4
+
+
+def test_remove_fused_projections(transformer):
+    case = dit_inputs([10, 45])
+    reference = run(transformer, *case)
+    fuse(transformer)
+    run(transformer, *case)
+    assert remove_fused_projections(transformer) == 8
+    assert fused_bytes(transformer) == 0 and "forward" not in transformer.layers[0].feed_forward.__dict__
+    assert not any("_llm_dit" in name for name, _ in transformer.named_buffers())
+    assert (run(transformer, *case) - reference).abs().max().item() < 1e-5
+
+
+def test_fused_fp8_equals_separate_fp8(transformer):
+    """Row-wise scales: the concatenated float8 weight is exactly the three (two) quantized weights."""
+    case = dit_inputs([10, 45])
+    convert_to_fp8(transformer)
+    separate = run(transformer, *case)
+    fuse(transformer)
+    fused = run(transformer, *case)
+    assert transformer.layers[0].attention._llm_dit_fused_weight.dtype == torch.uint8
+    assert transformer.layers[0].attention._llm_dit_fused_scale.shape == (1, 3 * transformer.config.dim)
+    assert (fused - separate).abs().max().item() < 1e-5
+
+
+def test_accelerate_fuses_only_when_asked(transformer):
+    assert accelerate(transformer, attention_backend="native").fused_projections == 0
+    assert not isinstance(transformer.layers[0].attention.processor, ZImageRealRopeProcessor)
+    assert accelerate(transformer, compile=True, compile_backend="eager").fused_projections == 0  # opt-in (+7.3 GiB)
+    assert fused_bytes(transformer) == 0
+    uncompile_blocks(transformer)
+    with pytest.raises(ValueError, match="fuse_projections"):
+        accelerate(transformer, fuse_projections="w1")
+    acc = accelerate(transformer, fuse_projections="qkv")
+    assert acc.fused_projections == 4 and isinstance(transformer.layers[0].attention.processor, ZImageRealRopeProcessor)
+    assert not transformer.layers[0].attention.processor.real_rope  # eager: diffusers' complex RoPE
+
+
+@pytest.mark.parametrize("real_rope", [True, False])
+def test_processor_without_real_rope_is_diffusers(transformer, real_rope):
+    inputs = block_inputs(transformer)
+    reference = block_output(transformer.layers[1], inputs)
+    install_real_rope(transformer, real_rope=real_rope)
+    assert block_output(transformer.layers[1], inputs).sub(reference).abs().max().item() < 1e-5
+
+
+def test_attention_blhd_takes_strided_views():
+    """q, k, v as [B, L, H, D] views of one fused product (v not contiguous) -> plain SDPA's result."""
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 50, 3, 4, 32)
+    query, key, value = qkv.unbind(2)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+    for backend in (None, "native"):
+        out = attention_blhd(query, key, value, None, backend=backend)
+        assert (out - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (cuDNN attention)")
+def test_direct_cudnn_attention_matches_sdpa():
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 300, 3, 4, 128, device="cuda", dtype=torch.bfloat16)
+    query, key, value = qkv.unbind(2)
+    out = attention_blhd(query.contiguous(), key.contiguous(), value, None, backend="_native_cudnn")
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        *(t.transpose(1, 2).float() for t in (query, key, value))).transpose(1, 2)
+    assert relative_error(out, expected) < 1e-2
+    assert out.is_contiguous()  # cuDNN wrote [B, L, H, D] memory (q's layout): flatten(2, 3) is free
+
+
 # ----- regional compile --------------------------------------------------------------
 
 
@@ -119,6 +338,8 @@ def compiled_case():
 
     Batch 1 and a batch > 1 warm it up; dynamo specializes sizes 0/1, and the noise
     refiner's frequencies are a view while the main layers' are not: at most 4 graphs.
+    With the opt-in fused projections, the path with the most moving parts (cached weights
+    read inside the graph, refreshed by the compiled block's eager wrapper).
     """
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -126,7 +347,7 @@ def compiled_case():
     warmup = [dit_inputs([10]), dit_inputs([12, 20], seed=2)]
     later = [dit_inputs([40], seed=1), dit_inputs([100, 101, 99], seed=3), dit_inputs([33, 70], seed=4, size=12)]
     eager = [run(transformer, *case) for case in warmup + later]
-    count = accelerate(transformer, compile=True, compile_backend="eager").compiled_blocks
+    count = accelerate(transformer, compile=True, compile_backend="eager", fuse_projections=True).compiled_blocks
     compiled = [run(transformer, *case) for case in warmup]
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     compiled += [run(transformer, *case) for case in later]
@@ -159,6 +380,26 @@ def test_compiled_block_copies_run_their_own_weights(compiled_case):
         assert not torch.equal(block(*args), args[0])
 
 
+def test_compiled_copies_rebuild_their_fused_weights(compiled_case):
+    """A copy edited in its fused sources (q, w1) runs the edited weights, compiled, without a new graph."""
+    block = compiled_case["transformer"].layers[0]
+    args = (torch.randn(2, 64, 64), None, torch.polar(torch.ones(2, 64, 16), torch.randn(2, 64, 16)), torch.randn(2, 64))
+    twin = copy.deepcopy(block)
+    with torch.no_grad():
+        twin.attention.to_q.weight.mul_(-1.5)
+        twin.feed_forward.w1.weight.add_(0.02)
+    eager_twin = copy.deepcopy(twin)
+    uncompile_blocks(nn.ModuleList([eager_twin]))
+    remove_fused_projections(eager_twin)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        assert is_compiled(twin)
+        assert (twin(*args) - eager_twin(*args)).abs().max().item() < 1e-5
+        assert not torch.allclose(twin(*args), block(*args))
+    assert is_fused(twin.attention) and twin.attention._llm_dit_fused_weight.data_ptr() != block.attention._llm_dit_fused_weight.data_ptr()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
 def test_forward_hooks_still_fire_on_compiled_blocks(compiled_case):
     transformer = compiled_case["transformer"]
     seen = []
@@ -179,11 +420,12 @@ def test_uncompile_restores_eager_blocks():
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("LLM_DIT_INDUCTOR_TESTS") != "1", reason="Inductor's C++ build takes ~90 s on 2 cores; LLM_DIT_INDUCTOR_TESTS=1 runs it")
-def test_inductor_compile_equals_eager(transformer):
+@pytest.mark.parametrize("fuse", [False, True])
+def test_inductor_compile_equals_eager(transformer, fuse):
     torch._dynamo.reset()
     case = dit_inputs([20, 50])
     eager = run(transformer, *case)
-    accelerate(transformer, compile=True)
+    accelerate(transformer, compile=True, fuse_projections=fuse)
     assert (run(transformer, *case) - eager).abs().max().item() < 1e-4
 
 

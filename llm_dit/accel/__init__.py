@@ -6,7 +6,9 @@
 
 - length grouping: mixed caption lengths run as unmasked sub-batches (`grouping`);
 - RoPE in real float32 arithmetic, so compile fuses it (`attention`);
-- attention backend: diffusers' dispatcher, cuDNN on Hopper (`attention`);
+- attention backend: cuDNN on Hopper, called directly without copies (`attention`);
+- opt-in: q/k/v and SwiGLU w1/w3 as one GEMM each, on cached concatenated weights
+  (`fused`; measured no faster at full size, +7.3 GiB: benchmarks/NOTES.md, v2);
 - regional compile, shape-generic, no recompiles across prompts (`compile`);
 - fp8 row-wise scaled linears (`fp8`), opt-in, changes images slightly.
 
@@ -27,12 +29,28 @@ from llm_dit.accel.attention import (
     UNMASKED_BACKENDS,
     ZImageRealRopeProcessor,
     apply_rotary_real,
+    attention_blhd,
     install_real_rope,
     resolve_backend,
     set_attention_backend,
 )
 from llm_dit.accel.compile import compile_blocks, configure_dynamo, is_compiled, uncompile_blocks
-from llm_dit.accel.fp8 import Float8Linear, convert_to_fp8, dequantize_rowwise, fp8_supported, quantize_rowwise
+from llm_dit.accel.fp8 import (
+    Float8Linear,
+    convert_to_fp8,
+    dequantize_rowwise,
+    fp8_linear,
+    fp8_supported,
+    quantize_rowwise,
+)
+from llm_dit.accel.fused import (
+    fused_bytes,
+    install_fused_projections,
+    is_fused,
+    refresh_fused,
+    remove_fused_projections,
+    sync_fused,
+)
 from llm_dit.accel.grouping import (
     has_length_grouping,
     install_length_grouping,
@@ -52,6 +70,7 @@ class Acceleration:
     real_rope: bool
     fp8: bool
     compile_mode: str | None
+    fused_projections: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +85,7 @@ def accelerate(
     fp8_fast_accum: bool = True,
     group_lengths: bool = True,
     real_rope: bool | None = None,
+    fuse_projections: bool | str | None = None,
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
 ) -> Acceleration:
@@ -73,17 +93,26 @@ def accelerate(
 
     `real_rope` defaults to `compile`: it only pays when Inductor fuses it; eager, the
     complex product is fewer kernels (measured: benchmarks/NOTES.md).
+    `fuse_projections` (True: q/k/v and w1/w3, "qkv" or "ffn": one of them; None/False:
+    none) is off by default: the fused weights are a cached second copy (+7.3 GiB at full
+    size in bf16) and the compiled forward measured no faster with them (H200, v2 ablation:
+    96.0 ms separate, 96.8 fused q/k/v, 97.9 both; run-to-run noise ~1 ms).
     """
     real_rope = compile if real_rope is None else real_rope
+    fuse = False if fuse_projections is None else fuse_projections
+    if fuse not in (True, False, "qkv", "ffn"):
+        raise ValueError(f"fuse_projections must be True, False, 'qkv' or 'ffn'; got {fuse_projections!r}")
+    fuse_qkv, fuse_ffn = fuse in (True, "qkv"), fuse in (True, "ffn")
     if fp8:
         convert_to_fp8(transformer, fast_accum=fp8_fast_accum)
     if group_lengths:
         install_length_grouping(transformer)
-    if real_rope:
-        install_real_rope(transformer)
+    if real_rope or fuse_qkv:
+        install_real_rope(transformer, real_rope=real_rope)
+    fused = install_fused_projections(transformer, qkv=fuse_qkv, ffn=fuse_ffn) if fuse_qkv or fuse_ffn else 0
     backend = set_attention_backend(transformer, attention_backend, grouped=group_lengths)
     count = compile_blocks(transformer, mode=compile_mode, backend=compile_backend) if compile else 0
-    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode)
+    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode, fused)
 
 
 __all__ = [
@@ -94,11 +123,19 @@ __all__ = [
     "ZImageRealRopeProcessor",
     "accelerate",
     "apply_rotary_real",
+    "attention_blhd",
     "compile_blocks",
     "configure_dynamo",
     "convert_to_fp8",
     "dequantize_rowwise",
+    "fp8_linear",
     "fp8_supported",
+    "fused_bytes",
+    "install_fused_projections",
+    "is_fused",
+    "refresh_fused",
+    "remove_fused_projections",
+    "sync_fused",
     "has_length_grouping",
     "install_length_grouping",
     "install_real_rope",

@@ -16,6 +16,10 @@ attribute. Compared with `nn.Module.compile` (what diffusers'
   of recompiling. Z-Image attends to its learned caption pad tokens, so padding
   captions to fixed buckets would change images; dynamic shapes change nothing.
 
+The bound forward is a thin eager wrapper: it brings the block's fused q/k/v and w1/w3
+weights up to date (`llm_dit.accel.fused.sync_block`, a few pointer/version compares)
+and then runs the compiled graph, which only reads them.
+
 The context refiner is left eager: it runs once per prompt (refiner cache) on a
 few dozen tokens, and surgery on it (skip, duplicate, style adapter) is the point
 of most studies.
@@ -28,6 +32,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from llm_dit.accel.fused import sync_block
 
 COMPILED_TARGETS = ("layers", "noise_refiner")
 _COMPILED_MARK = "_llm_dit_compiled_forward"
@@ -63,11 +69,23 @@ def compile_blocks(
         for block in getattr(transformer, target):
             cls = type(block)
             if cls not in compiled:
-                compiled[cls] = torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode, backend=backend)
+                compiled[cls] = _synced(torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode,
+                                                      backend=backend))
             block.forward = types.MethodType(compiled[cls], block)
             setattr(block, _COMPILED_MARK, True)
             count += 1
     return count
+
+
+def _synced(compiled):
+    """The compiled forward behind an eager step that refreshes the block's fused weights."""
+
+    def forward(self, *args, **kwargs):
+        sync_block(self)
+        return compiled(self, *args, **kwargs)
+
+    forward.compiled = compiled
+    return forward
 
 
 def uncompile_blocks(transformer: nn.Module) -> int:

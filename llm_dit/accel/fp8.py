@@ -50,6 +50,28 @@ def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale
 
 
+def fp8_linear(
+    x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
+    fast_accum: bool = True,
+) -> torch.Tensor:
+    """`x @ W.T (+ b)` for W = weight_fp8 [N, K] (e4m3) * weight_scale [1, N], x quantized per token.
+
+    Shared by `Float8Linear` and the fused q/k/v and w1/w3 projections (`llm_dit.accel.fused`):
+    row-wise scales make a fused weight exactly the concatenation of its parts.
+    """
+    shape = x.shape
+    q, scale = quantize_rowwise(x.reshape(-1, shape[-1]))
+    if x.is_cuda:
+        y = torch._scaled_mm(
+            q, weight_fp8.t(), scale_a=scale, scale_b=weight_scale, out_dtype=x.dtype, use_fast_accum=fast_accum,
+        )
+    else:
+        y = (dequantize_rowwise(q, scale) @ (weight_fp8.float() * weight_scale.t()).t()).to(x.dtype)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.reshape(*shape[:-1], weight_fp8.shape[0])
+
+
 class Float8Linear(nn.Module):
     """`y = x @ W.T (+ b)` with W in float8 (one scale per output row) and x quantized per token.
 
@@ -84,18 +106,7 @@ class Float8Linear(nn.Module):
         return self.weight_fp8.float() * self.weight_scale.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        q, scale = quantize_rowwise(x.reshape(-1, shape[-1]))
-        if x.is_cuda:
-            y = torch._scaled_mm(
-                q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale,
-                out_dtype=x.dtype, use_fast_accum=self.fast_accum,
-            )
-        else:
-            y = (dequantize_rowwise(q, scale) @ self.dequantized_weight().t()).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        return fp8_linear(x, self.weight_fp8, self.weight_scale, self.bias, self.fast_accum)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 rowwise, fast_accum={self.fast_accum}"
