@@ -22,10 +22,13 @@ from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import check_weights_source, load_components
+from llm_dit.models.placement import Placement
 from llm_dit.outputs import GeneratedBatch
 from llm_dit.sampling.euler import decode_latents, denoise, initial_noise
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.study import Study, StudyItem
+from llm_dit.training import hooks as training
+from llm_dit.training.config import AdapterConfig, FlowMatchObjective
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,6 +46,27 @@ class ZImageModule(L.LightningModule):
         encoder_padding: "none" encodes each prompt unpadded (no wasted work, and a
             prompt's features never depend on its batch-mates); "diffusers" pads the
             batch to max_length as ZImagePipeline does (bit-identical to it).
+        adapter: `fit` only: the context-refiner style adapter to train (variant lora | full |
+            extra_blocks, rank, alpha, learning_rate, ...; see llm_dit.training.AdapterConfig).
+        objective: `fit` only: flow-matching sigma sampling (see llm_dit.training.FlowMatchObjective).
+        gradient_checkpointing: `fit` only: recompute block activations in backward (less memory).
+        validation_prompts: `fit` only: prompts sampled at every validation, logged as a TensorBoard grid.
+        validation_seeds: `fit` only: one grid column per seed.
+        validation_sampler: `fit` only: SamplerSettings overrides for those samples (size defaults
+            to the training resolution). How often: trainer.val_check_interval.
+        compile: regional torch.compile of the DiT blocks, shape-generic (no recompiles across
+            prompts); same images up to bf16 rounding (llm_dit.accel).
+        attention_backend: the DiT's attention kernel: None (diffusers' default), "auto"
+            (cuDNN on Hopper), or a diffusers backend name such as "_native_cudnn".
+        fp8: opt-in float8 linears in the DiT (H100/H200; generation only); changes images slightly.
+        free_encoder_after_encoding: predict only: encode every prompt of the study first, then
+            free the text encoder (~8 GB for Qwen3-4B), before any image is generated.
+        placement: dtype per component and VAE tiling (llm_dit.models.Placement). Under the
+            CLI the trainer decides the device; per-component devices and offload apply when
+            the components are used directly (`load_components(..., placement=...)`).
+        text_encoder_override: another encoder of the same hidden size (folder or single file),
+            e.g. Qwen3-Embedding-4B, swapped in for the next ablation.
+        allow_pickle: accept pickle checkpoints (.bin/.pt/.ckpt); off because they can run code.
     """
 
     def __init__(
@@ -54,16 +78,30 @@ class ZImageModule(L.LightningModule):
         record_refiner_drift: bool = False,
         progress: bool = False,
         encoder_padding: str = "none",
+        adapter: AdapterConfig | None = None,
+        objective: FlowMatchObjective | None = None,
+        gradient_checkpointing: bool = False,
+        validation_prompts: list[str] | None = None,
+        validation_seeds: list[int] | None = None,
+        validation_sampler: dict[str, Any] | None = None,
+        compile: bool = False,
+        attention_backend: str | None = None,
+        fp8: bool = False,
+        free_encoder_after_encoding: bool = False,
+        placement: Placement | None = None,
+        text_encoder_override: str | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        check_weights_source(weights)
+        check_weights_source(weights, allow_pickle=allow_pickle)
         self.save_hyperparameters()
         self.components: ZImageComponents | None = None
         self.encoder: ZImageTextEncoder | None = None
         self.embedding_cache: dict[tuple[str, EncodingOptions], EncodedPrompt] = {}
         self.finished_items: dict[str, Path] = {}
+        training.init_training(self, adapter, objective, validation_prompts, validation_seeds, validation_sampler)
 
     # ----- model ------------------------------------------------------------------
 
@@ -71,23 +109,53 @@ class ZImageModule(L.LightningModule):
         """Load weights lazily, so config errors surface before any model loads."""
         if self.components is not None:
             return
-        components = load_components(self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed)
+        components = load_components(
+            self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed,
+            placement=self.hparams.placement, text_encoder_override=self.hparams.text_encoder_override,
+            allow_pickle=self.hparams.allow_pickle,
+        )
         self.components = components
         # Registered as children so Lightning moves them to the device.
         self.text_encoder = components.text_encoder
         self.transformer = components.transformer
         self.vae = components.vae
         self.encoder = ZImageTextEncoder(components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
+        if self.hparams.compile or self.hparams.attention_backend or self.hparams.fp8:
+            from llm_dit.accel import accelerate
+
+            accelerate(self.transformer, compile=self.hparams.compile,
+                       attention_backend=self.hparams.attention_backend, fp8=self.hparams.fp8)
+        training.configure_training(self)  # fit only: swap in the adapter, cache the data, free the encoder
 
     def validate_study(self, study: Study) -> None:
-        """Checks that need the model's shape (not its weights): hidden-layer range."""
-        from llm_dit.models.inspect import encoder_hidden_states
+        """Checks that need the model's shape (not its weights): hidden layers, surgery and
+        skip-layer-guidance indices against the encoder's and transformer's block counts."""
+        from llm_dit.models.inspect import encoder_hidden_states, transformer_block_counts
 
-        count = encoder_hidden_states(self.hparams.weights)
-        if count is None:
-            return
+        hidden_states = encoder_hidden_states(self.hparams.weights)
+        blocks = transformer_block_counts(self.hparams.weights)
+        checked = set()
         for item in study.items():
-            item.encoding.layer_indices(count)
+            key = (item.condition_index,)
+            if key in checked:
+                continue
+            checked.add(key)
+            where = f"condition {item.condition!r}"
+            try:
+                if hidden_states is not None:
+                    item.encoding.layer_indices(hidden_states)
+                if blocks is not None:
+                    surgery.validate_specs(surgery.parse_specs(list(item.surgery)), blocks)
+                    guidance = item.sampler.skip_layer_guidance
+                    if guidance:
+                        bad = [i for i in guidance.get("layers", []) if i >= blocks["layers"]]
+                        if bad:
+                            raise ValueError(
+                                f"skip-layer guidance layer {bad[0]} out of range; layers has "
+                                f"{blocks['layers']} blocks, valid 0..{blocks['layers'] - 1}"
+                            )
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
 
     # ----- encoding -----------------------------------------------------------------
 
@@ -100,7 +168,26 @@ class ZImageModule(L.LightningModule):
                 self.embedding_cache[(prompt, options)] = encoded
         return [self.embedding_cache[(p, options)] for p in prompts]
 
+    def pre_encode(self, items: list[StudyItem]) -> None:
+        """Fill the embedding cache for `items` (their prompts, and negatives where CFG is on)."""
+        prompts: dict[EncodingOptions, list[str]] = {}
+        for item in items:
+            prompts.setdefault(item.encoding, []).append(item.prompt)
+            if item.sampler.uses_cfg:
+                prompts[item.encoding].append(item.sampler.negative_prompt)
+        for options, texts in prompts.items():
+            self.encode(texts, options)
+
     # ----- prediction ---------------------------------------------------------------
+
+    def on_predict_start(self) -> None:
+        if not self.hparams.free_encoder_after_encoding:
+            return
+        items = getattr(self.trainer.datamodule, "items", None)
+        if items is None:
+            raise ValueError("free_encoder_after_encoding needs the study's items: run predict with a StudyDataModule")
+        self.pre_encode([item for item in items if item.item_id not in self.finished_items])
+        training.release(self, "text_encoder")
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Study items hold no tensors (they are frozen dataclasses): nothing to move."""
@@ -157,7 +244,10 @@ class ZImageModule(L.LightningModule):
             negative = [negative_encoding.embeddings.to(device=device, dtype=self.transformer.dtype)] * len(items)
         latents = initial_noise([item.seed for item in items], sampler.height, sampler.width).to(device)
         scheduler = make_scheduler(self.components.scheduler, sampler.steps, sampler.shift, device)
-        slg = surgery.SkipLayerGuidance(**sampler.skip_layer_guidance) if sampler.skip_layer_guidance else None
+        slg = None
+        if sampler.skip_layer_guidance:
+            slg = surgery.SkipLayerGuidance.from_dict(dict(sampler.skip_layer_guidance))
+            slg.validate(self.transformer)
         extras: dict[str, list] = {}
         with ExitStack() as stack:
             stack.enter_context(surgery.apply(self.transformer, surgery.parse_specs(list(first.surgery))))
@@ -192,6 +282,26 @@ class ZImageModule(L.LightningModule):
                 bar.close()
 
         return on_step
+
+    # ----- training: a context-refiner style adapter (llm_dit/training) -------------
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return training.training_step(self, batch)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return training.validation_step(self, batch, batch_idx)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return training.configure_optimizers(self)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        training.on_save_checkpoint(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        training.on_load_checkpoint(self, checkpoint)
+
+    def on_fit_end(self) -> None:
+        training.export_adapter(self)
 
 
 def _drift_rows(recorder: Any, batch_size: int) -> list[list[float]]:
