@@ -156,7 +156,8 @@ def as_column(values: Iterable[float | None], device: torch.device | str = "cpu"
 def summarize(columns: Mapping[str, Tensor], reduce: str = "mean") -> dict[int, tuple[float, int]]:
     """Per condition index: (mean or max of the non-NaN values, count)."""
     out: dict[int, tuple[float, int]] = {}
-    cond, value = columns["condition"], columns["value"]
+    # torchmetrics squeezes one-element outputs to 0-d: flatten so one-item runs work too.
+    cond, value = columns["condition"].reshape(-1), columns["value"].reshape(-1)
     for index in sorted({int(c) for c in cond.tolist()}):
         vals = value[(cond == index) & ~torch.isnan(value)]
         if len(vals):

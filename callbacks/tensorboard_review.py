@@ -145,7 +145,7 @@ class TensorBoardReview(Callback):
                 cond, prompt, seed = (torch.tensor([r[k] for r in self._rows], dtype=torch.float64) for k in range(3))
                 state.update(cond, prompt, seed, as_column([r[3].get(column) for r in self._rows]))
             synced = compute_quietly(state)
-            for c, p, s, v in zip(*(synced[k].tolist() for k in ("condition", "prompt", "seed", "value"))):
+            for c, p, s, v in zip(*(synced[k].reshape(-1).tolist() for k in ("condition", "prompt", "seed", "value"))):
                 key = (int(c), int(p), int(s))
                 row = rows.setdefault(key, _row(key, conditions, prompts))
                 if not math.isnan(v):
