@@ -13,6 +13,7 @@ Skipped positions keep their index (a `BlockBypass` stands in), so
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -48,13 +49,16 @@ class BlockBypass(nn.Module):
         return f"skipped={self.skipped_class}"
 
 
-def copy_block(block: nn.Module) -> nn.Module:
+def copy_block(block: nn.Module, share_weights: bool = False) -> nn.Module:
     """Deep copy of a block with no hooks: hooks belong to the module they were put on.
 
     (A plain deepcopy would also copy a probe's hook, and with a bound-method
-    hook, the probe and everything it recorded.)
+    hook, the probe and everything it recorded.) With `share_weights` the copy is
+    a new module tree over the SAME parameter and buffer tensors.
     """
     memo: dict[int, object] = {}
+    if share_weights:
+        memo.update({id(t): t for t in itertools.chain(block.parameters(), block.buffers())})
     for module in block.modules():
         for attr in _HOOK_DICTS:
             hooks = getattr(module, attr, None)

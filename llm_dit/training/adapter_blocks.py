@@ -19,18 +19,12 @@ name), indices counting the list's blocks (extra blocks: from 0).
 
 from __future__ import annotations
 
-import copy
-import itertools
-from collections import OrderedDict
-
 import torch
 from torch import nn
 
 from surgery.variants import copy_block, zero_output_projections
 
 PEFT_ADAPTER = "default"
-_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
 
 
 class ScaledResidual(nn.Module):
@@ -54,13 +48,7 @@ def shared_weight_copy(block: nn.Module) -> nn.Module:
     peft replaces Linear modules by wrappers in the tree it is given; giving it
     this copy leaves the original blocks untouched without duplicating weights.
     """
-    memo: dict[int, object] = {id(t): t for t in itertools.chain(block.parameters(), block.buffers())}
-    for module in block.modules():
-        for attr in _HOOK_DICTS:
-            hooks = getattr(module, attr, None)
-            if hooks:
-                memo[id(hooks)] = OrderedDict()
-    return copy.deepcopy(block, memo)
+    return copy_block(block, share_weights=True)
 
 
 # ----- lora ---------------------------------------------------------------------------
