@@ -46,7 +46,7 @@ from callbacks.metrics import (
     run_dir_of,
 )
 from llm_dit.report.run_data import RunData
-from llm_dit.report.tables import compression_curves, pareto_points, prompt_type_table, quality_metric
+from llm_dit.report.tables import quality_metric, study_figures
 
 
 class TensorBoardReview(Callback):
@@ -211,24 +211,9 @@ class TensorBoardReview(Callback):
                 writer.add_hparams(hparams, metrics, run_name=f"hparams/{index[condition]:03d}_{_safe(condition)}")
 
     def _figures(self, run: RunData) -> dict[str, Any]:
-        out: dict[str, Any] = {}
         quality = quality_metric(run, self.quality_metric)
-        for metric in dict.fromkeys(m for m in (quality, "detail_score") if m in run.item_metrics()):
-            table = prompt_type_table(run, metric)
-            if table is not None:
-                out[f"heatmap_prompt_type_{metric}"] = figures.metric_heatmap(*table, metric=metric)
-        pareto = pareto_points(run, quality)
-        if pareto is not None:
-            out["pareto_shift_steps"] = figures.pareto_figure(*pareto)
-        if quality is not None and (curves := compression_curves(run, quality)):
-            out[f"compression_{quality}"] = figures.compression_curve_figure(curves, quality)
-        cosine = run.analysis.get("cosine_matrix") or {}
-        if cosine.get("names") and cosine.get("matrix"):
-            out["cosine_matrix"] = figures.cosine_matrix_figure(cosine["names"], cosine["matrix"])
-        drift = run.analysis.get("drift") or {}
-        if drift.get("layers") and drift.get("series"):
-            out["drift"] = figures.drift_figure(drift["layers"], drift["series"])
-        return out
+        heatmaps = [m for m in (quality, "detail_score") if m in run.item_metrics()]
+        return study_figures(run, quality, heatmaps)
 
 
 def condition_means(run: RunData) -> dict[str, dict[str, float]]:

@@ -153,3 +153,31 @@ def compression_curves(
                 points.append((ratio, est.mean, est.low, est.high))
             curves[label] = points
     return curves
+
+
+def study_figures(run: RunData, quality: str | None, heatmap_metrics: list[str], **curve_options: Any) -> dict[str, Any]:
+    """The study-level figures TensorBoard and report.md both show, by name.
+
+    Heatmaps prompt type x condition, the shift-steps Pareto front, compression
+    curves, the cosine matrix and refiner drift: each only where the run has its data.
+    `curve_options` go to `compression_curves` (bootstrap size and seed).
+    """
+    from callbacks import figures
+
+    made: dict[str, Any] = {}
+    for metric in dict.fromkeys(heatmap_metrics):
+        table = prompt_type_table(run, metric)
+        if table is not None:
+            made[f"heatmap_prompt_type_{metric}"] = figures.metric_heatmap(*table, metric=metric)
+    pareto = pareto_points(run, quality)
+    if pareto is not None:
+        made["pareto_shift_steps"] = figures.pareto_figure(*pareto)
+    if quality and (curves := compression_curves(run, quality, **curve_options)):
+        made[f"compression_{quality}"] = figures.compression_curve_figure(curves, quality)
+    cosine = run.analysis.get("cosine_matrix") or {}
+    if cosine.get("names") and cosine.get("matrix"):
+        made["cosine_matrix"] = figures.cosine_matrix_figure(cosine["names"], cosine["matrix"])
+    drift = run.analysis.get("drift") or {}
+    if drift.get("layers") and drift.get("series"):
+        made["drift"] = figures.drift_figure(drift["layers"], drift["series"])
+    return made

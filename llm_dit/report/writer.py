@@ -17,14 +17,7 @@ from llm_dit.report.ab_page import WinRate, read_votes, vote_files
 from llm_dit.report.questions import Answer, Context, answer_questions
 from llm_dit.report.questions.base import fmt
 from llm_dit.report.run_data import RunData, direction, load_run
-from llm_dit.report.tables import (
-    compression_curves,
-    condition_table,
-    pareto_points,
-    per_prompt_table,
-    prompt_type_table,
-    quality_metric,
-)
+from llm_dit.report.tables import condition_table, per_prompt_table, quality_metric, study_figures
 
 CLIP_CONVENTION = (
     "CLIP score = 100·max(cos(image, text), 0) (torchmetrics' convention); Hessel et al.'s CLIPScore "
@@ -201,21 +194,8 @@ def _figures(run: RunData, ctx: Context) -> dict[str, str]:
                 control=run.control,
             )
     quality = quality_metric(run)
-    for metric in dict.fromkeys(m for m in (quality, ctx.metric("detail_score")) if m):
-        table = prompt_type_table(run, metric)
-        if table is not None:
-            made[f"heatmap_prompt_type_{metric}"] = figures.metric_heatmap(*table, metric=metric)
-    pareto = pareto_points(run)
-    if pareto is not None:
-        made["pareto_shift_steps"] = figures.pareto_figure(*pareto)
-    if quality and (curves := compression_curves(run, quality, n_boot=ctx.n_boot, seed=ctx.seed)):
-        made[f"compression_{quality}"] = figures.compression_curve_figure(curves, quality)
-    cosine = run.analysis.get("cosine_matrix") or {}
-    if cosine.get("names") and cosine.get("matrix"):
-        made["cosine_matrix"] = figures.cosine_matrix_figure(cosine["names"], cosine["matrix"])
-    drift = run.analysis.get("drift") or {}
-    if drift.get("layers") and drift.get("series"):
-        made["drift"] = figures.drift_figure(drift["layers"], drift["series"])
+    heatmaps = [m for m in (quality, ctx.metric("detail_score")) if m]
+    made.update(study_figures(run, quality, heatmaps, n_boot=ctx.n_boot, seed=ctx.seed))
     links = {}
     for name, fig in made.items():
         figures.save_figure(fig, run.run_dir / "figures" / f"{name}.png")
