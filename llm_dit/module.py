@@ -146,14 +146,9 @@ class ZImageModule(L.LightningModule):
                     item.encoding.layer_indices(hidden_states)
                 if blocks is not None:
                     surgery.validate_specs(surgery.parse_specs(list(item.surgery)), blocks)
-                    guidance = item.sampler.skip_layer_guidance
-                    if guidance:
-                        bad = [i for i in guidance.get("layers", []) if i >= blocks["layers"]]
-                        if bad:
-                            raise ValueError(
-                                f"skip-layer guidance layer {bad[0]} out of range; layers has "
-                                f"{blocks['layers']} blocks, valid 0..{blocks['layers'] - 1}"
-                            )
+                    if item.sampler.skip_layer_guidance:
+                        guidance = surgery.SkipLayerGuidance.from_dict(dict(item.sampler.skip_layer_guidance))
+                        guidance.check_block_counts(blocks)
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from None
 

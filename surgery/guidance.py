@@ -63,7 +63,11 @@ class SkipLayerGuidance:
 
     def validate(self, transformer: nn.Module) -> None:
         """Check the layer indices against the model's `target` list."""
-        n_blocks = block_counts(transformer).get(self.target)
+        self.check_block_counts(block_counts(transformer))
+
+    def check_block_counts(self, n_blocks_by_target: Mapping[str, int]) -> None:
+        """The same check from block counts alone (config files), before any weights load."""
+        n_blocks = n_blocks_by_target.get(self.target)
         if n_blocks is None:
             raise ValueError(f"skip-layer guidance: this model has no block list {self.target!r}")
         bad = [i for i in self.layers if i >= n_blocks]

@@ -64,6 +64,12 @@ def test_out_of_range_surgery_is_caught_before_loading():
         ZImageModule(weights="tiny").validate_study(study)
 
 
+def test_out_of_range_skip_layer_guidance_is_caught_before_loading():
+    study = Study(prompts=["A cat"], sampler={"skip_layer_guidance": {"layers": [7]}})
+    with pytest.raises(ValueError, match="condition 'control'.*layer index 7 out of range; layers has 2 blocks"):
+        ZImageModule(weights="tiny").validate_study(study)
+
+
 def test_hook_points_command_lists_blocks(capsys):
     cli_main(["hook-points", "--weights", "tiny"])
     out = capsys.readouterr().out

@@ -17,60 +17,10 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTran
 from transformers import Qwen3Config, Qwen3Model
 
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.single_file import FLUX_VAE_CONFIG, QWEN3_4B_CONFIG, ZIMAGE_TURBO_TRANSFORMER_CONFIG
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG, load_bundled_tokenizer
 
 RANDOM_PRESET = "random-z-image-turbo"
-
-# Z-Image-Turbo's transformer/config.json.
-ZIMAGE_TURBO_TRANSFORMER_CONFIG = dict(
-    all_patch_size=(2,),
-    all_f_patch_size=(1,),
-    in_channels=16,
-    dim=3840,
-    n_layers=30,
-    n_refiner_layers=2,
-    n_heads=30,
-    n_kv_heads=30,
-    norm_eps=1e-5,
-    qk_norm=True,
-    cap_feat_dim=2560,
-    rope_theta=256.0,
-    t_scale=1000.0,
-    axes_dims=[32, 48, 48],
-    axes_lens=[1536, 512, 512],
-)
-
-# Qwen3-4B (Z-Image-Turbo's text_encoder/config.json).
-QWEN3_4B_CONFIG = dict(
-    vocab_size=151936,
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=40960,
-    rope_theta=1_000_000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
-
-# The FLUX VAE (Z-Image-Turbo's vae/config.json).
-FLUX_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512],
-    layers_per_block=2,
-    latent_channels=16,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
 
 
 def default_device() -> torch.device:
