@@ -20,15 +20,18 @@ from PIL import Image
 import surgery
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
+from llm_dit.accel.compile import compile_parts
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
 from llm_dit.outputs import GeneratedBatch
 from llm_dit.sampling.euler import decode_latents, denoise, initial_noise
 from llm_dit.sampling.schedule import make_scheduler
+from llm_dit.sampling.step_cache import StepCache
 from llm_dit.study import Study, StudyItem
 from llm_dit.training import hooks as training
 from llm_dit.training.config import AdapterConfig, FlowMatchObjective
+from surgery.cache import tensor_version
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -54,8 +57,12 @@ class ZImageModule(L.LightningModule):
         validation_seeds: `fit` only: one grid column per seed.
         validation_sampler: `fit` only: SamplerSettings overrides for those samples (size defaults
             to the training resolution). How often: trainer.val_check_interval.
-        compile: regional torch.compile of the DiT blocks, shape-generic (no recompiles across
-            prompts); same images up to bf16 rounding (llm_dit.accel).
+        compile: torch.compile; True compiles the DiT blocks (regional, shape-generic: no
+            recompiles across prompts), the text encoder's layers and the VAE decoder; a list
+            picks parts ("dit", "encoder", "vae"). Same images up to bf16 rounding (llm_dit.accel).
+        share_steps: predict only: conditions whose schedules start alike (shift and step
+            sweeps all start at sigma = 1) compute those steps once per prompt and seed
+            (llm_dit.sampling.step_cache; bit-identical images).
         attention_backend: the DiT's attention kernel: None (diffusers' default), "auto"
             (cuDNN on Hopper), or a diffusers backend name such as "_native_cudnn".
         fp8: opt-in float8 linears in the DiT (H100/H200; generation only); changes images slightly.
@@ -84,7 +91,8 @@ class ZImageModule(L.LightningModule):
         validation_prompts: list[str] | None = None,
         validation_seeds: list[int] | None = None,
         validation_sampler: dict[str, Any] | None = None,
-        compile: bool = False,
+        compile: bool | list[str] = False,
+        share_steps: bool = True,
         attention_backend: str | None = None,
         fp8: bool = False,
         free_encoder_after_encoding: bool = False,
@@ -96,11 +104,13 @@ class ZImageModule(L.LightningModule):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         check_weights_source(weights, allow_pickle=allow_pickle)
+        compile_parts(compile)
         self.save_hyperparameters()
         self.components: ZImageComponents | None = None
         self.encoder: ZImageTextEncoder | None = None
         self.embedding_cache: dict[tuple[str, EncodingOptions], EncodedPrompt] = {}
         self.finished_items: dict[str, Path] = {}
+        self.step_cache: StepCache | None = None
         training.init_training(self, adapter, objective, validation_prompts, validation_seeds, validation_sampler)
 
     # ----- model ------------------------------------------------------------------
@@ -120,11 +130,16 @@ class ZImageModule(L.LightningModule):
         self.transformer = components.transformer
         self.vae = components.vae
         self.encoder = ZImageTextEncoder(components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
-        if self.hparams.compile or self.hparams.attention_backend or self.hparams.fp8:
-            from llm_dit.accel import accelerate
+        parts = compile_parts(self.hparams.compile)
+        if parts or self.hparams.attention_backend or self.hparams.fp8:
+            from llm_dit.accel import accelerate, compile_text_encoder, compile_vae_decoder
 
-            accelerate(self.transformer, compile=self.hparams.compile,
+            accelerate(self.transformer, compile="dit" in parts,
                        attention_backend=self.hparams.attention_backend, fp8=self.hparams.fp8)
+            if "encoder" in parts:
+                compile_text_encoder(self.text_encoder)
+            if "vae" in parts:
+                compile_vae_decoder(self.vae)
         training.configure_training(self)  # fit only: swap in the adapter, cache the data, free the encoder
 
     def validate_study(self, study: Study) -> None:
@@ -175,14 +190,31 @@ class ZImageModule(L.LightningModule):
 
     # ----- prediction ---------------------------------------------------------------
 
+    def plan_shared_steps(self, items: list[StudyItem]) -> StepCache | None:
+        """Before generating `items`: a step cache for the sigma prefixes their schedules share
+        (None when nothing is shared, `share_steps` is off, or refiner drift is recorded,
+        which needs every step to run)."""
+        self.step_cache = None
+        if self.hparams.share_steps and not self.hparams.record_refiner_drift:
+            settings = {(item.sampler.steps, item.sampler.shift) for item in items}
+            schedules = [make_scheduler(self.components.scheduler, steps, shift).sigmas.tolist() for steps, shift in settings]
+            cache = StepCache.for_schedules(schedules)
+            self.step_cache = cache if cache.prefixes else None
+        return self.step_cache
+
     def on_predict_start(self) -> None:
+        items = getattr(self.trainer.datamodule, "items", None)
+        if items is not None:
+            self.plan_shared_steps(items)
         if not self.hparams.free_encoder_after_encoding:
             return
-        items = getattr(self.trainer.datamodule, "items", None)
         if items is None:
             raise ValueError("free_encoder_after_encoding needs the study's items: run predict with a StudyDataModule")
         self.pre_encode([item for item in items if item.item_id not in self.finished_items])
         training.release(self, "text_encoder")
+
+    def on_predict_end(self) -> None:
+        self.step_cache = None
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Study items hold no tensors (they are frozen dataclasses): nothing to move."""
@@ -253,7 +285,8 @@ class ZImageModule(L.LightningModule):
                 stack.enter_context(surgery.cache_context_refiner(self.transformer))
             latents = denoise(
                 self.transformer, scheduler, latents, cap_feats, sampler.guidance_scale, negative, slg,
-                on_step=self._progress_callback(first, sampler.steps),
+                on_step=self._progress_callback(first, sampler.steps), step_cache=self.step_cache,
+                row_keys=self._row_keys(items) if self.step_cache is not None else None,
             )
             if recorder is not None:
                 extras["refiner_drift"] = _drift_rows(recorder, len(items))
@@ -263,6 +296,17 @@ class ZImageModule(L.LightningModule):
         seconds = (time.perf_counter() - start) / len(items)
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         return images, encodings, extras, seconds, peak
+
+    def _row_keys(self, items: list[StudyItem]) -> list[tuple]:
+        """What a row's predictions depend on besides the schedule (StepCache keys): its
+        prompt encoding, seed and size, the guidance and surgery of its condition, and the
+        DiT's weights (object and in-place version of every parameter and buffer)."""
+        sampler = items[0].sampler
+        guidance = (sampler.guidance_scale, sampler.negative_prompt if sampler.uses_cfg else None,
+                    repr(sampler.skip_layer_guidance))
+        weights = tuple((id(t), tensor_version(t)) for t in (*self.transformer.parameters(), *self.transformer.buffers()))
+        shared = (guidance, repr(list(items[0].surgery)), self.hparams.cache_refiner, weights)
+        return [(item.prompt, item.encoding, item.seed, item.sampler.height, item.sampler.width, shared) for item in items]
 
     def _progress_callback(self, item: StudyItem, steps: int):
         if not self.hparams.progress:

@@ -85,10 +85,11 @@ class CachedBlockList(nn.ModuleList):
         return output
 
     def _weights_version(self) -> tuple[int, ...]:
-        return tuple(_version(p) for p in self.parameters())
+        return tuple(tensor_version(p) for p in self.parameters())
 
 
-def _version(tensor: torch.Tensor) -> int:
+def tensor_version(tensor: torch.Tensor) -> int:
+    """The tensor's in-place modification counter (storage address for inference tensors)."""
     # Weights created under inference_mode have no version counter; they cannot be
     # modified outside inference mode either, so their storage address is enough.
     try:

@@ -8,12 +8,13 @@ prediction is negated and handed to the scheduler's Euler step in float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 
 import surgery
+from llm_dit.sampling.step_cache import StepCache
 
 
 def run_transformer(
@@ -34,29 +35,62 @@ def denoise(
     negative_cap_feats: list[torch.Tensor] | None = None,
     skip_layer_guidance: surgery.SkipLayerGuidance | None = None,
     on_step: Callable[[int], None] | None = None,
+    step_cache: StepCache | None = None,
+    row_keys: Sequence[Hashable] | None = None,
 ) -> torch.Tensor:
-    """Run the whole schedule of `scheduler` from noise `latents` (float32) to clean latents."""
+    """Run the whole schedule of `scheduler` from noise `latents` (float32) to clean latents.
+
+    With `step_cache` and one `row_keys` entry per row (everything besides the schedule
+    that the row's predictions depend on: prompt encoding, seed, size, guidance, surgery,
+    weights), steps whose sigma prefix the cache wants are served from / stored in it.
+    """
     batch = latents.shape[0]
     use_cfg = guidance_scale > 0
     if use_cfg and (negative_cap_feats is None or len(negative_cap_feats) != batch):
         raise ValueError("CFG needs one negative caption per item")
+    if step_cache is not None and (row_keys is None or len(row_keys) != batch):
+        raise ValueError("a step cache needs one row key per item")
     timesteps = scheduler.timesteps
+    sigmas = [float(s) for s in scheduler.sigmas.tolist()] if step_cache is not None else []
     for step, t in enumerate(timesteps):
-        timestep = (1000 - t.expand(batch)) / 1000
-        if use_cfg:
-            out = run_transformer(transformer, latents.repeat(2, 1, 1, 1), timestep.repeat(2), cap_feats + negative_cap_feats)
-            positive, negative = out[:batch], out[batch:]
-            prediction = positive + guidance_scale * (positive - negative)
-        else:
-            positive = prediction = run_transformer(transformer, latents, timestep, cap_feats)
-        if skip_layer_guidance is not None and skip_layer_guidance.active(step, len(timesteps)):
-            with skip_layer_guidance.context(transformer):
-                skipped = run_transformer(transformer, latents, timestep, cap_feats)
-            prediction = skip_layer_guidance.guide(prediction, positive, skipped)
+        guided = skip_layer_guidance is not None and skip_layer_guidance.active(step, len(timesteps))
+        keys, prediction = None, None
+        if step_cache is not None and step_cache.wants(tuple(sigmas[: step + 1])):
+            keys = [(row, tuple(sigmas[: step + 1]), guided) for row in row_keys]
+            prediction = step_cache.lookup(keys, latents.device)
+        if prediction is None:
+            prediction = _predict(transformer, latents, (1000 - t.expand(batch)) / 1000, cap_feats, guidance_scale,
+                                  negative_cap_feats, skip_layer_guidance if guided else None)
+            if keys is not None:
+                step_cache.store(keys, prediction)
         latents = scheduler.step((-prediction).to(torch.float32), t, latents, return_dict=False)[0]
         if on_step is not None:
             on_step(step)
     return latents
+
+
+def _predict(
+    transformer: ZImageTransformer2DModel,
+    latents: torch.Tensor,
+    timestep: torch.Tensor,
+    cap_feats: list[torch.Tensor],
+    guidance_scale: float,
+    negative_cap_feats: list[torch.Tensor] | None,
+    skip_layer_guidance: surgery.SkipLayerGuidance | None,
+) -> torch.Tensor:
+    """The guided prediction for one step: CFG when `guidance_scale` > 0, then skip-layer guidance if given."""
+    batch = latents.shape[0]
+    if guidance_scale > 0:
+        out = run_transformer(transformer, latents.repeat(2, 1, 1, 1), timestep.repeat(2), cap_feats + negative_cap_feats)
+        positive, negative = out[:batch], out[batch:]
+        prediction = positive + guidance_scale * (positive - negative)
+    else:
+        positive = prediction = run_transformer(transformer, latents, timestep, cap_feats)
+    if skip_layer_guidance is not None:
+        with skip_layer_guidance.context(transformer):
+            skipped = run_transformer(transformer, latents, timestep, cap_feats)
+        prediction = skip_layer_guidance.guide(prediction, positive, skipped)
+    return prediction
 
 
 def initial_noise(seeds: list[int], height: int, width: int, channels: int = 16) -> torch.Tensor:
