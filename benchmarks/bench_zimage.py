@@ -523,6 +523,16 @@ class Diffusers:
         return images.float().cpu()
 
 
+def vae_latent(vae, batch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, 16, SIZE // 8, SIZE // 8, generator=generator).to(vae.device, vae.dtype)
+
+
+def decode(vae, latent: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return ((vae.decode(latent, return_dict=False)[0].float() / 2 + 0.5).clamp(0, 1)).cpu()
+
+
 def dit_forward(transformer, caption: torch.Tensor, batch: int = 1):
     device, dtype = transformer.device, transformer.dtype
     latents = [torch.randn(16, 1, SIZE // 8, SIZE // 8, device=device, dtype=dtype) for _ in range(batch)]
@@ -571,7 +581,15 @@ def main() -> None:
     import transformers
 
     import surgery
-    from llm_dit.accel import accelerate, configure_dynamo, convert_to_fp8, fused_bytes, uncompile_blocks
+    from llm_dit.accel import (
+        accelerate,
+        compile_text_encoder,
+        compile_vae_decoder,
+        configure_dynamo,
+        convert_to_fp8,
+        fused_bytes,
+        uncompile_blocks,
+    )
     from llm_dit.models.placement import free_text_encoder
     from llm_dit.module import ZImageModule
 
@@ -698,6 +716,10 @@ def main() -> None:
             wall(lambda: ours.run(ours.batch(1)), 1)
             o["eager_b1"] = timed_runs(lambda: ours.run(ours.batch(1)), 2)
             o["dit_forward_eager_ms"] = round(cuda_ms(dit_forward(transformer, caption), repeat=3), 1)
+            o["encoder_ms_unpadded_eager"] = round(cuda_ms(lambda: module.encoder.encode([PROMPT])), 2)
+            reference["caption"] = module.encoder.encode([PROMPT])[0].embeddings
+            reference["vae_latent"] = vae_latent(components.vae, 4)
+            reference["vae"] = decode(components.vae, reference["vae_latent"])
             if "b1" in reference:
                 o["parity_eager_vs_diffusers_eager"] = image_difference(ours.run(ours.batch(1)), reference["b1"])
 
@@ -708,6 +730,8 @@ def main() -> None:
                              fuse_projections=fuse)
             ours_processors(direct_cudnn)
             o["acceleration"] = acc.to_dict()
+            o["compiled_parts"] = {"dit": acc.compiled_blocks, "encoder_layers": compile_text_encoder(components.text_encoder,
+                                   backend=COMPILE_BACKEND), "vae_decoder": compile_vae_decoder(components.vae, backend=COMPILE_BACKEND)}
             o["compile_first_calls_s"] = round(sum(wall(lambda: ours.run(ours.batch(1)), 1) + wall(lambda: ours.run(ours.batch(4)), 1)), 1)
             o["fused_weight_copies_gib"] = round(fused_bytes(transformer) / GIB, 2)
             reference["ours_b1"] = ours.run(ours.batch(1))
@@ -717,6 +741,14 @@ def main() -> None:
             o["compiled_b4"]["per_image_s"] = round(o["compiled_b4"]["median_s"] / 4, 4)
             o["compiled_cfg"] = timed_runs(lambda: ours.run(ours.batch(1, guidance=GUIDANCE)), 2)
             o["encoder_ms_unpadded"] = round(cuda_ms(lambda: module.encoder.encode([PROMPT])), 2)
+            latent = reference.get("vae_latent", vae_latent(components.vae, 4))
+            o["vae_decode_compiled_ms"] = round(cuda_ms(lambda: decode(components.vae, latent[:1]), repeat=3), 1)
+            o["vae_decode_compiled_b4_ms_per_image"] = round(cuda_ms(lambda: decode(components.vae, latent), repeat=2) / 4, 1)
+            if "vae" in reference:
+                o["vae_compiled_vs_eager"] = image_difference(decode(components.vae, latent), reference["vae"])
+            if "caption" in reference:
+                o["encoder_compiled_vs_eager_rel"] = round(relative_error(module.encoder.encode([PROMPT])[0].embeddings,
+                                                                          reference["caption"]), 5)
             with surgery.cache_context_refiner(transformer):
                 o["dit_forward_compiled_ms"], o["dit_forward_gpu"] = timed_forward(dit_forward(transformer, caption))
                 o["dit_forward_compiled_b4_ms"] = round(cuda_ms(dit_forward(transformer, caption, 4), repeat=3), 1)
@@ -730,6 +762,7 @@ def main() -> None:
         with bench.section("ours_study"):
             items, batches = study_batches(4)
             module.embedding_cache.clear()
+            step_cache = module.plan_shared_steps(items)  # what predict's on_predict_start does
             graphs_before, done = graphs(), 0
             sync()
             began = time.perf_counter()
@@ -742,7 +775,8 @@ def main() -> None:
             seconds = time.perf_counter() - began
             o["study"] = {"images": done, "complete": done == len(items), "seconds": round(seconds, 1),
                           "images_per_hour": round(done / seconds * 3600), "recompiled_graphs": graphs() - graphs_before,
-                          "batch_size": 4}
+                          "batch_size": 4, "shared_step_batches": step_cache.hits if step_cache else 0}
+            module.step_cache = None
 
     if bench.ready("fp8", needs=60):
         with bench.section("fp8"):
@@ -815,6 +849,12 @@ def main() -> None:
             finally:
                 restore()
 
+    if "vae_decode_compiled_ms" in o and bench.ready("vae_profile", needs=0 if cuda else math.inf):
+        with bench.section("vae_profile"):
+            latent = vae_latent(components.vae, 1)
+            profiles["vae_compiled"] = profile_forward(lambda: decode(components.vae, latent), bench.out / "profile_vae.txt",
+                                                       "VAE decode b1 compiled")
+
     summarize(bench)
 
 
@@ -841,8 +881,8 @@ def summarize(bench: Bench) -> None:
         ("s/image b1 vs diffusers EAGER", get(d, "eager_b1"), get(o, "compiled_b1")),
         ("s/image b4 (vs diffusers eager b4)", get(d, "eager_b4", "per_image_s"), get(o, "compiled_b4", "per_image_s")),
         ("s/image CFG 4 (vs diffusers eager CFG)", get(d, "eager_cfg"), get(o, "compiled_cfg")),
-        ("encoder ms (padded 512 / unpadded)", d.get("encoder_ms_padded512"), o.get("encoder_ms_unpadded")),
-        ("VAE decode ms (same module)", d.get("vae_decode_ms"), d.get("vae_decode_ms")),
+        ("encoder ms (padded 512 / unpadded, compiled)", d.get("encoder_ms_padded512"), o.get("encoder_ms_unpadded")),
+        ("VAE decode ms b1 (eager / compiled)", d.get("vae_decode_ms"), o.get("vae_decode_compiled_ms")),
         ("DiT forward ms (diffusers compiled / ours)", d.get("dit_forward_compiled_ms"), o.get("dit_forward_compiled_ms")),
         ("DiT forward ms (diffusers eager / ours)", d.get("dit_forward_eager_ms"), o.get("dit_forward_compiled_ms")),
         ("peak GiB b1 (diffusers eager / ours)", get(d, "eager_b1", "peak_gib"), get(o, "compiled_b1", "peak_gib")),
@@ -873,6 +913,7 @@ def summarize(bench: Bench) -> None:
     lines.append(f"profile llm-dit compiled:   {profile_line(profiles.get('ours_compiled'))}; attention kernels "
                  f"{[k[:60] for k in (profiles.get('ours_compiled') or {}).get('attention_kernels', [])]}")
     lines.append(f"profile llm-dit fp8:        {profile_line(profiles.get('fp8'))}")
+    lines.append(f"profile VAE decode compiled: {profile_line(profiles.get('vae_compiled'))}")
     if r.get("ablation"):
         lines.append("ablation (compiled DiT forward ms): " + "; ".join(f"{k}: {v['ms']}" for k, v in r["ablation"].items()))
     lines.append(f"checks: {r.get('checks')}; fused weight copies: {o.get('fused_weight_copies_gib')} GiB bf16, "
@@ -881,6 +922,10 @@ def summarize(bench: Bench) -> None:
     lines.append(f"parity llm-dit compiled vs diffusers eager: {o.get('parity_compiled_vs_diffusers_eager')}; "
                  f"eager: {o.get('parity_eager_vs_diffusers_eager')}")
     lines.append(f"fp8 vs bf16 image: {f.get('difference_to_bf16')}; memory: {r.get('memory')}")
+    lines.append(f"encoder unpadded eager {o.get('encoder_ms_unpadded_eager')} ms -> compiled {o.get('encoder_ms_unpadded')} ms "
+                 f"(rel. diff {o.get('encoder_compiled_vs_eager_rel')}); VAE b4 compiled {o.get('vae_decode_compiled_b4_ms_per_image')} "
+                 f"ms/image, compiled vs eager {o.get('vae_compiled_vs_eager')}; study batches served a shared step: "
+                 f"{o.get('study', {}).get('shared_step_batches')}")
     lines.append(f"attention backend: {o.get('attention_backend')} (direct: {o.get('direct_cudnn')}); errors: {list(r['errors'])}; "
                  f"skipped: {r['skipped']}")
     table = "\n".join(lines)

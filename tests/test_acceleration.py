@@ -517,6 +517,36 @@ def test_module_options_keep_images(guidance):
     assert (images - reference).abs().max().item() < 1e-5
 
 
+def test_compiled_encoder_and_vae_keep_images():
+    """compile=["encoder", "vae"] (Inductor): the same images as the eager module, new prompt
+    lengths and batch sizes included; forward hooks (hidden-state capture) still fire."""
+    from llm_dit.module import ZImageModule
+
+    items = study_items().items()
+    plain = ZImageModule(weights="tiny")
+    plain.configure_model()
+    fast = ZImageModule(weights="tiny", compile=["encoder", "vae"])
+    fast.configure_model()
+    assert all(is_compiled(layer) for layer in fast.text_encoder.layers) and is_compiled(fast.vae.decoder)
+    assert not is_compiled(fast.transformer.layers[0])
+    for batch in (items[:2], items[2:3]):  # prompt 1 at batch 2, then prompt 2 alone
+        reference, *_ = plain.generate(batch)
+        images, *_ = fast.generate(batch)
+        assert (images - reference).abs().max().item() < 1e-5
+    uncompile_blocks(fast.text_encoder), uncompile_blocks(fast.vae)
+    assert not is_compiled(fast.vae.decoder) and not is_compiled(fast.text_encoder.layers[0])
+
+
+def test_compile_parts_are_checked_before_loading():
+    from llm_dit.accel import compile_parts
+    from llm_dit.module import ZImageModule
+
+    assert compile_parts(True) == ("dit", "encoder", "vae") and compile_parts(False) == ()
+    assert compile_parts(["vae", "dit"]) == ("dit", "vae")
+    with pytest.raises(ValueError, match="unknown part"):
+        ZImageModule(weights="tiny", compile=["dit", "refiner"])
+
+
 def test_module_fp8_is_close():
     from llm_dit.module import ZImageModule
 

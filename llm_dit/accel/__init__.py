@@ -13,7 +13,9 @@
 - fp8 row-wise scaled linears (`fp8`), opt-in, changes images slightly.
 
 `ZImageModule(compile=..., attention_backend=..., fp8=...)` calls `accelerate`
-in `configure_model`. Other cuts live where the work is: unpadded encoding that
+in `configure_model`, and with `compile` also compiles the text encoder's layers
+(`compile_text_encoder`: launch-bound at batch 1) and the VAE decoder
+(`compile_vae_decoder`: bandwidth-bound GroupNorm/SiLU passes in eager). Other cuts live where the work is: unpadded encoding that
 stops at the deepest needed layer (encoding/encoder.py), the context-refiner
 cache (surgery/cache.py), the embedding cache and seed batching (module.py).
 """
@@ -34,7 +36,16 @@ from llm_dit.accel.attention import (
     resolve_backend,
     set_attention_backend,
 )
-from llm_dit.accel.compile import compile_blocks, configure_dynamo, is_compiled, uncompile_blocks
+from llm_dit.accel.compile import (
+    COMPILE_PARTS,
+    compile_blocks,
+    compile_parts,
+    compile_text_encoder,
+    compile_vae_decoder,
+    configure_dynamo,
+    is_compiled,
+    uncompile_blocks,
+)
 from llm_dit.accel.fp8 import (
     Float8Linear,
     convert_to_fp8,
@@ -124,7 +135,11 @@ __all__ = [
     "accelerate",
     "apply_rotary_real",
     "attention_blhd",
+    "COMPILE_PARTS",
     "compile_blocks",
+    "compile_parts",
+    "compile_text_encoder",
+    "compile_vae_decoder",
     "configure_dynamo",
     "convert_to_fp8",
     "dequantize_rowwise",

@@ -1,4 +1,5 @@
-"""Regional compile of the DiT's repeated blocks, shape-generic so studies never recompile.
+"""Regional compile of the DiT's repeated blocks (shape-generic, so studies never recompile),
+of the text encoder's decoder layers and of the VAE decoder.
 
 Each block class's `forward` is compiled once (`torch.compile(fullgraph=True)`)
 and bound to every block of `layers` and `noise_refiner` as an instance
@@ -39,6 +40,22 @@ COMPILED_TARGETS = ("layers", "noise_refiner")
 _COMPILED_MARK = "_llm_dit_compiled_forward"
 
 
+COMPILE_PARTS = ("dit", "encoder", "vae")
+
+
+def compile_parts(compile: bool | str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Which components a `compile` option names: True = all of COMPILE_PARTS, False/None = none."""
+    if compile is None or compile is False:
+        return ()
+    if compile is True:
+        return COMPILE_PARTS
+    parts = (compile,) if isinstance(compile, str) else tuple(compile)
+    unknown = [p for p in parts if p not in COMPILE_PARTS]
+    if unknown:
+        raise ValueError(f"compile: unknown part(s) {unknown}; choose from {', '.join(COMPILE_PARTS)}, or true / false")
+    return tuple(p for p in COMPILE_PARTS if p in parts)
+
+
 def configure_dynamo(cache_size_limit: int = 64) -> None:
     """Room for every graph a study needs (fp8/bf16, masked/unmasked, train/eval) without silent eager fallback."""
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, cache_size_limit)
@@ -62,18 +79,60 @@ def compile_blocks(
     `mode` is torch.compile's (None, "max-autotune-no-cudagraphs", "reduce-overhead", ...);
     `backend="aot_eager"` traces without code generation (tests on CPU).
     """
+    blocks = [block for target in targets for block in getattr(transformer, target)]
+    return compile_forwards(blocks, dynamic=dynamic, mode=mode, backend=backend, fullgraph=fullgraph, wrap=_synced)
+
+
+def compile_text_encoder(text_encoder: nn.Module, *, backend: str = "inductor", mode: str | None = None) -> int:
+    """Compile each Qwen3 decoder layer in place (shape-generic: any prompt length, no recompiles).
+
+    At batch 1 and a few dozen tokens the encoder is launch-bound, not FLOP-bound: eager
+    transformers issues ~20 kernels and a Python layer per decoder layer (~1 ms each on an
+    H100); compiled, RMSNorm, RoPE and SwiGLU each become one kernel. Forward hooks (the
+    encoder's hidden-state capture) stay outside the compiled region, and
+    `llm_dit.encoding.encoder` slicing the layer list keeps working because each layer
+    carries its own compiled forward.
+    """
+    return compile_forwards(list(text_encoder.layers), dynamic=True, mode=mode, backend=backend)
+
+
+def compile_vae_decoder(vae: nn.Module, *, backend: str = "inductor", mode: str | None = None) -> int:
+    """Compile the VAE decoder in place; `vae.decode` then runs it compiled.
+
+    The decoder is bandwidth-bound in eager: every GroupNorm, SiLU and residual add is a
+    separate pass over activations of up to 128 x 1024^2 per image; Inductor fuses them
+    into the convolutions' neighbours and picks the convolution layout itself. Shapes are
+    left to torch's automatic dynamic handling (static first, one dynamic recompile when
+    a second batch size or resolution shows up), so convolutions keep static-shape kernels.
+    """
+    return compile_forwards([vae.decoder], dynamic=None, mode=mode, backend=backend)
+
+
+def compile_forwards(
+    modules: Iterable[nn.Module],
+    *,
+    dynamic: bool | None = True,
+    mode: str | None = None,
+    backend: str = "inductor",
+    fullgraph: bool = True,
+    wrap=None,
+) -> int:
+    """Bind one compiled `forward` per module class to every module in `modules`.
+
+    `wrap(compiled)` may put an eager step in front of the compiled function (the DiT's
+    fused-weight refresh). Undone by `uncompile_blocks` on any parent module.
+    """
     configure_dynamo()
     compiled: dict[type, object] = {}
     count = 0
-    for target in targets:
-        for block in getattr(transformer, target):
-            cls = type(block)
-            if cls not in compiled:
-                compiled[cls] = _synced(torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode,
-                                                      backend=backend))
-            block.forward = types.MethodType(compiled[cls], block)
-            setattr(block, _COMPILED_MARK, True)
-            count += 1
+    for module in modules:
+        cls = type(module)
+        if cls not in compiled:
+            function = torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode, backend=backend)
+            compiled[cls] = wrap(function) if wrap is not None else function
+        module.forward = types.MethodType(compiled[cls], module)
+        setattr(module, _COMPILED_MARK, True)
+        count += 1
     return count
 
 
