@@ -92,8 +92,13 @@ def compile_text_encoder(text_encoder: nn.Module, *, backend: str = "inductor", 
     encoder's hidden-state capture) stay outside the compiled region, and
     `llm_dit.encoding.encoder` slicing the layer list keeps working because each layer
     carries its own compiled forward.
+
+    Not `fullgraph`: once anything has asked transformers for `output_hidden_states` (diffusers'
+    `encode_prompt` does), transformers hangs output-capturing hooks on the attention modules that
+    read a `ContextVar`, which torch 2.11's Dynamo cannot trace; it then splits the layer around
+    the hook instead of failing (no split without those hooks, and none on newer torch).
     """
-    return compile_forwards(list(text_encoder.layers), dynamic=True, mode=mode, backend=backend)
+    return compile_forwards(list(text_encoder.layers), dynamic=True, mode=mode, backend=backend, fullgraph=False)
 
 
 def compile_vae_decoder(vae: nn.Module, *, backend: str = "inductor", mode: str | None = None) -> int:
