@@ -834,6 +834,14 @@ def main() -> None:
                            "allocated_after_gib": round(allocated / GIB, 2),
                            "fused_weight_copies_gib": round(fused_bytes(transformer) / GIB, 2)}
 
+    if "compiled_b1" in o and bench.ready("refiner_cache_ab", needs=20):
+        with bench.section("refiner_cache_ab"):
+            module.hparams.cache_refiner = False
+            try:
+                o["compiled_b1_refiner_uncached"] = timed_runs(lambda: ours.run(ours.batch(1)), 3)
+            finally:
+                module.hparams.cache_refiner = True
+
     if "acceleration" in o and bench.ready("ours_profile", needs=0 if cuda else math.inf):
         with bench.section("ours_profile"), surgery.cache_context_refiner(transformer):
             profiles["ours_compiled"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_ours.txt",
@@ -848,6 +856,11 @@ def main() -> None:
                                                       "llm-dit compiled fp8 (v2)")
             finally:
                 restore()
+
+    if "compiled_b1" in o and bench.ready("image_profile", needs=0 if cuda else math.inf):
+        with bench.section("image_profile"):
+            profiles["ours_image_b1"] = profile_forward(lambda: ours.run(ours.batch(1)), bench.out / "profile_image_b1.txt",
+                                                        "llm-dit compiled, one whole b1 image", trace=bench.out / "trace_image_b1.json.gz")
 
     if "vae_decode_compiled_ms" in o and bench.ready("vae_profile", needs=0 if cuda else math.inf):
         with bench.section("vae_profile"):
@@ -914,6 +927,8 @@ def summarize(bench: Bench) -> None:
                  f"{[k[:60] for k in (profiles.get('ours_compiled') or {}).get('attention_kernels', [])]}")
     lines.append(f"profile llm-dit fp8:        {profile_line(profiles.get('fp8'))}")
     lines.append(f"profile VAE decode compiled: {profile_line(profiles.get('vae_compiled'))}")
+    lines.append(f"profile one whole b1 image:  {profile_line(profiles.get('ours_image_b1'))}; b1 without the refiner cache: "
+                 f"{(o.get('compiled_b1_refiner_uncached') or {}).get('median_s')} s")
     if r.get("ablation"):
         lines.append("ablation (compiled DiT forward ms): " + "; ".join(f"{k}: {v['ms']}" for k, v in r["ablation"].items()))
     lines.append(f"checks: {r.get('checks')}; fused weight copies: {o.get('fused_weight_copies_gib')} GiB bf16, "
