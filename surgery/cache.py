@@ -14,6 +14,16 @@ grad enabled (training) iteration yields the real blocks, so gradients,
 gradient checkpointing and changing weights behave as without it. A stored entry
 is also dropped when any block parameter was modified in place since (optimizer
 steps, `load_state_dict`), tracked through the tensors' version counters.
+
+Matching without a device sync: `torch.equal` on CUDA tensors returns a Python bool,
+so it waits for the GPU every step and leaves it idle while the CPU launches the
+next kernels (~1 ms per step at 1024^2, which cost more than the refiner's two blocks
+on a few dozen tokens). So the cache also records, through a forward pre-hook on the
+transformer, which caption tensors the call received. The refiner's input is a
+function of those tensors (their values), the caption embedder and the pad token, and
+the stored entry keeps the caption tensors alive, so when the same tensor objects come
+back unmodified (same in-place version) with unmodified embedder weights, the entry
+is served on that evidence alone; any other call falls back to `torch.equal`.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ class _Entry:
     freqs: torch.Tensor
     weights_version: tuple[int, ...]
     output: torch.Tensor
+    captions: tuple[torch.Tensor, ...] = ()  # kept alive, so their ids stay theirs
+    caption_key: tuple | None = None
 
 
 class CachedBlockList(nn.ModuleList):
@@ -55,7 +67,10 @@ class CachedBlockList(nn.ModuleList):
         self.max_entries = max_entries
         self.hits = 0
         self.misses = 0
+        self.fast_hits = 0
         self._entries: list[_Entry] = []
+        self._captions: tuple[torch.Tensor, ...] = ()
+        self._caption_key: tuple | None = None
 
     def __iter__(self) -> Iterator[nn.Module]:
         if torch.is_grad_enabled():
@@ -68,9 +83,26 @@ class CachedBlockList(nn.ModuleList):
 
     def clear(self) -> None:
         self._entries.clear()
+        self.note_captions(None)
+
+    def note_captions(self, captions: tuple[torch.Tensor, ...] | None, upstream: tuple[int, ...] = ()) -> None:
+        """The caption tensors (and the caption embedder's / pad token's versions) of the
+        transformer call now running; None when unknown (then only `torch.equal` matches)."""
+        if not captions or not all(isinstance(c, torch.Tensor) for c in captions):
+            self._captions, self._caption_key = (), None
+            return
+        self._captions = tuple(captions)
+        self._caption_key = (tuple(id(c) for c in captions), tuple(tensor_version(c) for c in captions), upstream)
 
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor, *rest: object) -> torch.Tensor:
         version = self._weights_version()
+        key = self._caption_key
+        for entry in self._entries:
+            if (entry.weights_version == version and key is not None and entry.caption_key == key
+                    and entry.x.shape == x.shape and _same_layout(entry.mask, mask)):
+                self.hits += 1
+                self.fast_hits += 1
+                return entry.output
         for entry in self._entries:
             if entry.weights_version == version and _same(entry.x, x) and _same(entry.mask, mask) and _same(entry.freqs, freqs):
                 self.hits += 1
@@ -81,7 +113,7 @@ class CachedBlockList(nn.ModuleList):
             output = block(output, mask, freqs, *rest)
         kept = [e for e in self._entries if e.weights_version == version]
         self._entries = kept[len(kept) - self.max_entries + 1 :] if self.max_entries > 1 else []
-        self._entries.append(_Entry(x, mask, freqs, version, output))
+        self._entries.append(_Entry(x, mask, freqs, version, output, self._captions, key))
         return output
 
     def _weights_version(self) -> tuple[int, ...]:
@@ -98,10 +130,27 @@ def tensor_version(tensor: torch.Tensor) -> int:
         return tensor.data_ptr()
 
 
+def _same_layout(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape
+
+
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+# What turns the transformer's caption arguments into the context refiner's input.
+_CAPTION_UPSTREAM = ("cap_embedder", "cap_pad_token")
+
+
+def _tensors_of(transformer: nn.Module, name: str) -> list[torch.Tensor]:
+    part = getattr(transformer, name, None)
+    if isinstance(part, nn.Module):
+        return [*part.parameters(), *part.buffers()]
+    return [part] if isinstance(part, torch.Tensor) else []
 
 
 @contextmanager
@@ -123,8 +172,18 @@ def cache_context_refiner(
     if getattr(blocks, "is_refiner_cache", False):
         raise RuntimeError(f"{target} is already cached; enter cache_context_refiner once")
     cache = CachedBlockList(blocks, max_entries)
+    upstream = [p for name in _CAPTION_UPSTREAM for p in _tensors_of(transformer, name)]
+
+    def note_captions(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        captions = kwargs.get("cap_feats", args[2] if len(args) > 2 else None)
+        if isinstance(captions, (list, tuple)) and not any(isinstance(c, (list, tuple)) for c in captions):
+            cache.note_captions(tuple(captions), tuple(tensor_version(p) for p in upstream))
+        else:
+            cache.note_captions(None)  # omni mode or an unknown call: compare values
+
     with HookRegistry(f"cache:{target}") as registry:
         registry.swap_child(transformer, target, cache, name=target)
+        registry.add_forward_pre_hook(transformer, note_captions, name="caption identity", with_kwargs=True)
         try:
             yield cache
         finally:

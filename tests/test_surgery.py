@@ -521,6 +521,29 @@ def test_refiner_cache_recomputes_on_new_inputs_and_weights(transformer, inputs)
     assert surgery.count_live_hooks() == 0
 
 
+def test_refiner_cache_matches_known_captions_without_comparing_values(transformer, inputs) -> None:
+    """The same caption tensors, unmodified, are served without torch.equal (no device sync);
+    a caption edited in place, or a changed caption embedder, is recomputed."""
+    latents, t, caps = inputs
+    with surgery.cache_context_refiner(transformer) as cache:
+        first = run(transformer, inputs)
+        assert_equal_outputs(run(transformer, inputs), first)
+        assert (cache.hits, cache.fast_hits, cache.misses) == (1, 1, 1)
+        copies = (latents, t, [c.clone() for c in caps])  # equal values, other tensors: compared by value
+        assert_equal_outputs(run(transformer, copies), first)
+        assert (cache.hits, cache.fast_hits, cache.misses) == (2, 1, 1)
+        with torch.no_grad():
+            caps[0].add_(1.0)  # (a scale would vanish in the embedder's RMSNorm)
+        edited = run(transformer, inputs)
+        assert cache.misses == 2
+        assert_different_outputs(edited, first)
+        with torch.no_grad():
+            transformer.cap_embedder[-1].weight.mul_(0.5)
+        run(transformer, inputs)
+        assert cache.misses == 3
+    assert surgery.count_live_hooks() == 0
+
+
 def test_refiner_cache_refuses_misuse(transformer) -> None:
     with pytest.raises(ValueError, match="its blocks take the timestep"):
         with surgery.cache_context_refiner(transformer, target="layers"):
