@@ -7,6 +7,7 @@
 - length grouping: mixed caption lengths run as unmasked sub-batches (`grouping`);
 - RoPE in real float32 arithmetic, so compile fuses it (`attention`);
 - attention backend: cuDNN on Hopper, called directly without copies (`attention`);
+- q/k RMSNorm + RoPE as one Triton kernel on CUDA (`qk_kernel`);
 - opt-in: q/k/v and SwiGLU w1/w3 as one GEMM each, on cached concatenated weights
   (`fused`; measured no faster at full size, +7.3 GiB: benchmarks/NOTES.md, v2);
 - regional compile, shape-generic, no recompiles across prompts (`compile`);
@@ -82,6 +83,7 @@ class Acceleration:
     fp8: bool
     compile_mode: str | None
     fused_projections: int = 0
+    qk_kernel: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +99,7 @@ def accelerate(
     group_lengths: bool = True,
     real_rope: bool | None = None,
     fuse_projections: bool | str | None = None,
+    qk_kernel: bool | None = None,
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
 ) -> Acceleration:
@@ -108,7 +111,10 @@ def accelerate(
     none) is off by default: the fused weights are a cached second copy (+7.3 GiB at full
     size in bf16) and the compiled forward measured no faster with them (H200, v2 ablation:
     96.0 ms separate, 96.8 fused q/k/v, 97.9 both; run-to-run noise ~1 ms).
+    `qk_kernel` (default: with `compile`) runs q/k RMSNorm + RoPE as one Triton kernel on CUDA
+    (`llm_dit.accel.qk_kernel`); elsewhere the processor keeps the separate operations.
     """
+    qk_kernel = compile if qk_kernel is None else qk_kernel
     real_rope = compile if real_rope is None else real_rope
     fuse = False if fuse_projections is None else fuse_projections
     if fuse not in (True, False, "qkv", "ffn"):
@@ -118,12 +124,12 @@ def accelerate(
         convert_to_fp8(transformer, fast_accum=fp8_fast_accum)
     if group_lengths:
         install_length_grouping(transformer)
-    if real_rope or fuse_qkv:
-        install_real_rope(transformer, real_rope=real_rope)
+    if real_rope or fuse_qkv or qk_kernel:
+        install_real_rope(transformer, real_rope=real_rope, qk_kernel=qk_kernel)
     fused = install_fused_projections(transformer, qkv=fuse_qkv, ffn=fuse_ffn) if fuse_qkv or fuse_ffn else 0
     backend = set_attention_backend(transformer, attention_backend, grouped=group_lengths)
     count = compile_blocks(transformer, mode=compile_mode, backend=compile_backend) if compile else 0
-    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode, fused)
+    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode, fused, qk_kernel)
 
 
 __all__ = [

@@ -35,6 +35,7 @@ from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnP
 from torch import nn
 
 from llm_dit.accel.fused import fused_projection
+from llm_dit.accel.qk_kernel import kernel_handles, norms_supported, qk_norm_rope
 
 MASKED_BACKENDS = ("native", "_native_cudnn", "_native_efficient", "_native_math", "flex")
 UNMASKED_BACKENDS = ("_native_flash", "flash", "_flash_3", "sage")
@@ -95,13 +96,16 @@ class ZImageRealRopeProcessor(ZSingleStreamAttnProcessor):
     - RoPE in real float32 arithmetic (`real_rope=False`: diffusers' complex product);
     - q/k/v as one GEMM when `attn` is marked for fusion (`llm_dit.accel.fused`);
     - cuDNN called directly for `_native_cudnn` without a mask (`attention_blhd`;
-      `direct_cudnn=False`: through diffusers' dispatcher, as v1 did).
+      `direct_cudnn=False`: through diffusers' dispatcher, as v1 did);
+    - on CUDA, q/k RMSNorm + RoPE as one Triton kernel (`llm_dit.accel.qk_kernel`;
+      `qk_kernel=False`: the separate norm and rotation).
     """
 
-    def __init__(self, real_rope: bool = True, direct_cudnn: bool = True) -> None:
+    def __init__(self, real_rope: bool = True, direct_cudnn: bool = True, qk_kernel: bool = True) -> None:
         super().__init__()
         self.real_rope = real_rope
         self.direct_cudnn = direct_cudnn
+        self.qk_kernel = qk_kernel
 
     def __call__(
         self,
@@ -118,14 +122,18 @@ class ZImageRealRopeProcessor(ZSingleStreamAttnProcessor):
             query = attn.to_q(hidden_states).unflatten(-1, (attn.heads, -1))
             key = attn.to_k(hidden_states).unflatten(-1, (attn.heads, -1))
             value = attn.to_v(hidden_states).unflatten(-1, (attn.heads, -1))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if freqs_cis is not None:
-            rotate = apply_rotary_real if self.real_rope else apply_rotary_complex
-            query = rotate(query, freqs_cis)
-            key = rotate(key, freqs_cis)
+        if (self.qk_kernel and freqs_cis is not None and norms_supported(attn.norm_q, attn.norm_k)
+                and kernel_handles(query, key, freqs_cis)):
+            query, key = qk_norm_rope(query, key, attn.norm_q, attn.norm_k, freqs_cis)
+        else:
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_k is not None:
+                key = attn.norm_k(key)
+            if freqs_cis is not None:
+                rotate = apply_rotary_real if self.real_rope else apply_rotary_complex
+                query = rotate(query, freqs_cis)
+                key = rotate(key, freqs_cis)
         if attention_mask is not None and attention_mask.ndim == 2:
             attention_mask = attention_mask[:, None, None, :]
         out = attention_blhd(query, key, value, attention_mask, self._attention_backend, self._parallel_config,
@@ -138,14 +146,14 @@ class ZImageRealRopeProcessor(ZSingleStreamAttnProcessor):
 
 def install_real_rope(
     transformer: nn.Module, targets: tuple[str, ...] = PROCESSOR_TARGETS, *, real_rope: bool = True,
-    direct_cudnn: bool = True,
+    direct_cudnn: bool = True, qk_kernel: bool = True,
 ) -> int:
     """Give the attention of `targets`' blocks llm-dit's processor, keeping each one's backend."""
     count = 0
     for target in targets:
         for block in getattr(transformer, target):
             old = block.attention.processor
-            new = ZImageRealRopeProcessor(real_rope=real_rope, direct_cudnn=direct_cudnn)
+            new = ZImageRealRopeProcessor(real_rope=real_rope, direct_cudnn=direct_cudnn, qk_kernel=qk_kernel)
             new._attention_backend = getattr(old, "_attention_backend", None)
             new._parallel_config = getattr(old, "_parallel_config", None)
             block.attention.set_processor(new)
