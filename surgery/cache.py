@@ -23,7 +23,9 @@ transformer, which caption tensors the call received. The refiner's input is a
 function of those tensors (their values), the caption embedder and the pad token, and
 the stored entry keeps the caption tensors alive, so when the same tensor objects come
 back unmodified (same in-place version) with unmodified embedder weights, the entry
-is served on that evidence alone; any other call falls back to `torch.equal`.
+is served on that evidence alone; any other call falls back to `torch.equal`. Only when
+the refiner's input has one row per caption of the call: a wrapper that runs the call
+as sub-batches (length grouping) hands the refiner a subset, which is compared by value.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class CachedBlockList(nn.ModuleList):
         key = self._caption_key
         for entry in self._entries:
             if (entry.weights_version == version and key is not None and entry.caption_key == key
-                    and entry.x.shape == x.shape and _same_layout(entry.mask, mask)):
+                    and x.shape[0] == len(self._captions) and entry.x.shape == x.shape and _same_layout(entry.mask, mask)):
                 self.hits += 1
                 self.fast_hits += 1
                 return entry.output

@@ -544,6 +544,27 @@ def test_refiner_cache_matches_known_captions_without_comparing_values(transform
     assert surgery.count_live_hooks() == 0
 
 
+def test_refiner_cache_never_serves_one_sub_batch_for_another(transformer) -> None:
+    """Length grouping runs [small image, caption A] and [large image, caption B] (same caption
+    length) as two sub-batches of one call: the caption identity of the call fits neither alone."""
+    from llm_dit.accel import install_length_grouping
+
+    install_length_grouping(transformer)
+    generator = torch.Generator().manual_seed(3)
+    x = [torch.randn(16, 1, 8, 8, generator=generator), torch.randn(16, 1, 16, 16, generator=generator)]
+    caps = [torch.randn(12, transformer.config.cap_feat_dim, generator=generator) for _ in range(2)]
+    t = torch.tensor([0.4, 0.4])
+    with torch.no_grad():
+        plain = transformer(x, t, caps, return_dict=False)[0]
+        with surgery.cache_context_refiner(transformer) as cache:
+            for _ in range(2):
+                cached = transformer(x, t, caps, return_dict=False)[0]
+                for a, b in zip(cached, plain):
+                    assert torch.allclose(a, b, atol=1e-6)
+        assert cache.fast_hits == 0 and cache.hits == 2 and cache.misses == 2
+    assert surgery.count_live_hooks() == 0
+
+
 def test_refiner_cache_refuses_misuse(transformer) -> None:
     with pytest.raises(ValueError, match="its blocks take the timestep"):
         with surgery.cache_context_refiner(transformer, target="layers"):
