@@ -121,6 +121,7 @@ def compile_forwards(
     backend: str = "inductor",
     fullgraph: bool = True,
     wrap=None,
+    options: dict | None = None,
 ) -> int:
     """Bind one compiled `forward` per module class to every module in `modules`.
 
@@ -133,7 +134,8 @@ def compile_forwards(
     for module in modules:
         cls = type(module)
         if cls not in compiled:
-            function = torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode, backend=backend)
+            function = torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode, backend=backend,
+                                     options=options)
             compiled[cls] = wrap(function) if wrap is not None else function
         module.forward = types.MethodType(compiled[cls], module)
         setattr(module, _COMPILED_MARK, True)
