@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 import surgery
+from llm_dit.accel.compile import compile_parts
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
-from llm_dit.accel.compile import compile_parts
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
