@@ -300,12 +300,12 @@ class ZImageModule(L.LightningModule):
     def _row_keys(self, items: list[StudyItem]) -> list[tuple]:
         """What a row's predictions depend on besides the schedule (StepCache keys): its
         prompt encoding, seed and size, the guidance and surgery of its condition, and the
-        DiT's weights (object and in-place version of every parameter and buffer)."""
+        DiT's weights (dtype, and object and in-place version of every parameter and buffer)."""
         sampler = items[0].sampler
         guidance = (sampler.guidance_scale, sampler.negative_prompt if sampler.uses_cfg else None,
                     repr(sampler.skip_layer_guidance))
         weights = tuple((id(t), tensor_version(t)) for t in (*self.transformer.parameters(), *self.transformer.buffers()))
-        shared = (guidance, repr(list(items[0].surgery)), self.hparams.cache_refiner, weights)
+        shared = (guidance, repr(list(items[0].surgery)), self.hparams.cache_refiner, self.transformer.dtype, weights)
         return [(item.prompt, item.encoding, item.seed, item.sampler.height, item.sampler.width, shared) for item in items]
 
     def _progress_callback(self, item: StudyItem, steps: int):
