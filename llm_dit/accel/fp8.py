@@ -17,10 +17,14 @@ frozen float8 buffers that surgery cannot edit and training cannot update.
 Off CUDA (tests), the same quantized operands are multiplied after
 dequantizing in float32, which is what `_scaled_mm` computes up to
 accumulation order.
+
+The feed-forward's forward is bound to one that hands w2 its input already gated and
+quantized by one Triton pass on CUDA (`llm_dit.accel.gate_kernel`); `restore()` unbinds it.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable
 
 import torch
@@ -112,6 +116,14 @@ class Float8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8=e4m3 rowwise, fast_accum={self.fast_accum}"
 
 
+def _fp8_feed_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """diffusers' FeedForward, w2(silu(w1 x) * w3 x), with the gate and w2's input quantization in
+    one kernel pass on CUDA (`llm_dit.accel.gate_kernel`); elsewhere the plain composition."""
+    from llm_dit.accel.gate_kernel import gated_down_projection
+
+    return gated_down_projection(self, self.w1(x), self.w3(x))
+
+
 def fp8_supported(device: torch.device | str | None = None) -> bool:
     """float8 tensor-core matmuls need compute capability >= 8.9 (Ada, Hopper, Blackwell)."""
     if not torch.cuda.is_available():
@@ -129,8 +141,13 @@ def convert_to_fp8(
     copies in memory), else None (the bf16 weights are dropped).
     """
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    gated: list[nn.Module] = []
     for target in targets:
         for block in getattr(transformer, target):
+            feed_forward = getattr(block, "feed_forward", None)
+            if feed_forward is not None and isinstance(feed_forward._modules.get("w2"), nn.Linear) \
+                    and "forward" not in feed_forward.__dict__ and hasattr(feed_forward, "_forward_silu_gating"):
+                gated.append(feed_forward)
             for name in LINEAR_NAMES:
                 parent_name, _, child = name.rpartition(".")
                 parent = block.get_submodule(parent_name)
@@ -143,11 +160,18 @@ def convert_to_fp8(
                 swapped.append((parent, child, linear))
     if not swapped:
         raise ValueError(f"no linear layers to convert to fp8 in {list(targets)}")
+    for feed_forward in gated:
+        if isinstance(feed_forward._modules.get("w2"), Float8Linear):
+            feed_forward.forward = types.MethodType(_fp8_feed_forward, feed_forward)
     if not keep_originals:
         return None
 
     def restore() -> None:
         for parent, child, linear in reversed(swapped):
             parent._modules[child] = linear
+        for feed_forward in gated:
+            forward = feed_forward.__dict__.get("forward")
+            if isinstance(forward, types.MethodType) and forward.__func__ is _fp8_feed_forward:
+                del feed_forward.__dict__["forward"]
 
     return restore

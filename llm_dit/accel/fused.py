@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module_impl
 
+from llm_dit.accel.gate_kernel import gated_down_projection
 from llm_dit.accel.fp8 import FP8_DTYPE, Float8Linear, fp8_linear
 
 QKV = ("to_q", "to_k", "to_v")
@@ -192,7 +193,7 @@ def _fused_feed_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if gate_up is None:
         return type(self).forward(self, x)
     x1, x3 = gate_up.chunk(2, dim=-1)
-    return self.w2(self._forward_silu_gating(x1, x3))
+    return gated_down_projection(self, x1, x3)
 
 
 def _mark(module: nn.Module, names: tuple[str, ...]) -> None:
