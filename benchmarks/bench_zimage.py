@@ -845,7 +845,7 @@ def main() -> None:
     if "acceleration" in o and bench.ready("ours_profile", needs=0 if cuda else math.inf):
         with bench.section("ours_profile"), surgery.cache_context_refiner(transformer):
             profiles["ours_compiled"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_ours.txt",
-                                                        "llm-dit compiled (v2)", trace=bench.out / "trace_ours.json.gz")
+                                                        "llm-dit compiled (v3)", trace=bench.out / "trace_ours.json.gz")
 
     if "dit_forward_ms" in r.get("fp8", {}) and bench.ready("fp8_profile", needs=0 if cuda else math.inf):
         with bench.section("fp8_profile"):
@@ -853,7 +853,7 @@ def main() -> None:
             try:
                 with surgery.cache_context_refiner(transformer):
                     profiles["fp8"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_fp8.txt",
-                                                      "llm-dit compiled fp8 (v2)")
+                                                      "llm-dit compiled fp8 (v3)")
             finally:
                 restore()
 
