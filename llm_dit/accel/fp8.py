@@ -65,15 +65,25 @@ def fp8_linear(
     """
     shape = x.shape
     q, scale = quantize_rowwise(x.reshape(-1, shape[-1]))
-    if x.is_cuda:
+    y = fp8_matmul(q, scale, weight_fp8, weight_scale, bias, x.dtype, fast_accum)
+    return y.reshape(*shape[:-1], weight_fp8.shape[0])
+
+
+def fp8_matmul(
+    q: torch.Tensor, scale: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,
+    bias: torch.Tensor | None, out_dtype: torch.dtype, fast_accum: bool = True,
+) -> torch.Tensor:
+    """(q * scale) [M, K] @ W.T (+ b) for an already quantized input; `_scaled_mm` on CUDA,
+    the dequantized float32 product elsewhere."""
+    if q.is_cuda:
         y = torch._scaled_mm(
-            q, weight_fp8.t(), scale_a=scale, scale_b=weight_scale, out_dtype=x.dtype, use_fast_accum=fast_accum,
+            q, weight_fp8.t(), scale_a=scale, scale_b=weight_scale, out_dtype=out_dtype, use_fast_accum=fast_accum,
         )
     else:
-        y = (dequantize_rowwise(q, scale) @ (weight_fp8.float() * weight_scale.t()).t()).to(x.dtype)
+        y = (dequantize_rowwise(q, scale) @ (weight_fp8.float() * weight_scale.t()).t()).to(out_dtype)
     if bias is not None:
         y = y + bias.to(y.dtype)
-    return y.reshape(*shape[:-1], weight_fp8.shape[0])
+    return y
 
 
 class Float8Linear(nn.Module):

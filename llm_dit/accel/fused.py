@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module_impl
 
-from llm_dit.accel.gate_kernel import gated_down_projection
 from llm_dit.accel.fp8 import FP8_DTYPE, Float8Linear, fp8_linear
+from llm_dit.accel.gate_kernel import gated_down_projection
 
 QKV = ("to_q", "to_k", "to_v")
 FFN = ("w1", "w3")

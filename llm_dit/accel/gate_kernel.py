@@ -90,16 +90,14 @@ def silu_gate_quantize(x1: torch.Tensor, x3: torch.Tensor) -> tuple[torch.Tensor
 
 def gated_down_projection(feed_forward: torch.nn.Module, x1: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
     """`feed_forward.w2(silu(x1) * x3)`; with an fp8 w2 (no hooks) on CUDA, gate + quantize in one kernel."""
-    from llm_dit.accel.fp8 import Float8Linear
+    from llm_dit.accel.fp8 import Float8Linear, fp8_matmul
 
     w2 = feed_forward.w2
     width = x1.shape[-1]
+    rows1, rows3 = x1.reshape(-1, width), x3.reshape(-1, width)
     if (type(w2) is Float8Linear and not (w2._forward_hooks or w2._forward_pre_hooks)
-            and kernel_handles(x1.reshape(-1, width), x3.reshape(-1, width)) and x1.is_cuda):
-        q, scale = silu_gate_quantize(x1.reshape(-1, width), x3.reshape(-1, width))
-        y = torch._scaled_mm(q, w2.weight_fp8.t(), scale_a=scale, scale_b=w2.weight_scale, out_dtype=x1.dtype,
-                             use_fast_accum=w2.fast_accum)
-        if w2.bias is not None:
-            y = y + w2.bias.to(y.dtype)
+            and kernel_handles(rows1, rows3) and x1.is_cuda):
+        q, scale = silu_gate_quantize(rows1, rows3)
+        y = fp8_matmul(q, scale, w2.weight_fp8, w2.weight_scale, w2.bias, x1.dtype, w2.fast_accum)
         return y.reshape(*x1.shape[:-1], w2.out_features)
     return w2(feed_forward._forward_silu_gating(x1, x3))

@@ -13,9 +13,9 @@ and one final rounding; only the order of the float32 sum of squares and fused
 multiply-adds may differ (last-bit, bf16 noise).
 
 `qk_norm_rope` is a `torch.library.triton_op`, so `torch.compile(fullgraph=True)` sees
-through it (shape-generic, no graph break); on CPU, or for shapes it does not handle,
-callers use the reference path (`reference_qk_norm_rope`). Tests run the kernel itself
-on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`).
+through it (shape-generic, no graph break); on CPU, or for shapes it does not handle
+(`kernel_handles`), the attention processor keeps the separate norm and rotation. Tests
+run the kernel itself on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`).
 """
 
 from __future__ import annotations
@@ -33,16 +33,6 @@ except ImportError:  # pragma: no cover - exercised only on installs without tri
 
 ROWS_PER_PROGRAM = 16
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests)
-
-
-def reference_qk_norm_rope(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, freqs_cis: torch.Tensor
-) -> torch.Tensor:
-    """diffusers' RMSNorm (with weight) then the complex-product RoPE, in plain torch: x [B,L,H,D], freqs [B,L,D/2]."""
-    variance = x.float().pow(2).mean(-1, keepdim=True)
-    normed = (x * torch.rsqrt(variance + eps)).to(weight.dtype) * weight
-    rotated = torch.view_as_complex(normed.float().unflatten(-1, (-1, 2))) * freqs_cis.unsqueeze(2)
-    return torch.view_as_real(rotated).flatten(3).type_as(normed)
 
 
 if triton is not None:

@@ -55,8 +55,9 @@ def denoise(
     for step, t in enumerate(timesteps):
         guided = skip_layer_guidance is not None and skip_layer_guidance.active(step, len(timesteps))
         keys, prediction = None, None
-        if step_cache is not None and step_cache.wants(tuple(sigmas[: step + 1])):
-            keys = [(row, tuple(sigmas[: step + 1]), guided) for row in row_keys]
+        prefix = tuple(sigmas[: step + 1])
+        if step_cache is not None and step_cache.wants(prefix):
+            keys = [(row, prefix, guided) for row in row_keys]
             prediction = step_cache.lookup(keys, latents.device)
         if prediction is None:
             prediction = _predict(transformer, latents, (1000 - t.expand(batch)) / 1000, cap_feats, guidance_scale,
