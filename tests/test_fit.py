@@ -32,13 +32,7 @@ RUN = "refiner_style_adapter"
 FIT_STEPS = 40  # a multiple of the config's checkpoint cadence (20): last.ckpt is the final step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits on busy cores cost ~80x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----- the objective ----------------------------------------------------------------------

@@ -21,23 +21,7 @@ from llm_dit.training.adapter_files import SPEC_NAME
 VARIANTS = ("lora", "full", "extra_blocks")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from threads, and OpenMP spin-waits on busy cores cost ~80x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def base_transformer() -> nn.Module:
-    return build_tiny_components(seed=0).transformer
-
-
-@pytest.fixture
-def transformer(base_transformer: nn.Module) -> nn.Module:
-    return copy.deepcopy(base_transformer)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs() -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:

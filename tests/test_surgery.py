@@ -17,7 +17,6 @@ import yaml
 from torch import nn
 
 import surgery
-from llm_dit.models import build_tiny_components
 from llm_dit.models.tiny import TINY_TRANSFORMER_CONFIG
 from surgery.variants import BlockBypass
 
@@ -27,15 +26,7 @@ B = 2
 # ----------------------------------------------------------------------------- fixtures / helpers
 
 
-@pytest.fixture(scope="module")
-def base_transformer() -> nn.Module:
-    return build_tiny_components(seed=0).transformer
-
-
-@pytest.fixture
-def transformer(base_transformer: nn.Module) -> nn.Module:
-    """A private copy: tests may mutate it (requires_grad, checkpointing, nnsight)."""
-    return copy.deepcopy(base_transformer)
+# base_transformer / transformer: tests/conftest.py
 
 
 def make_inputs(lengths: tuple[int, int]) -> tuple:
