@@ -99,12 +99,13 @@ class CachedBlockList(nn.ModuleList):
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None, freqs: torch.Tensor, *rest: object) -> torch.Tensor:
         version = self._weights_version()
         key = self._caption_key
-        for entry in self._entries:
-            if (entry.weights_version == version and key is not None and entry.caption_key == key
-                    and x.shape[0] == len(self._captions) and entry.x.shape == x.shape and _same_layout(entry.mask, mask)):
-                self.hits += 1
-                self.fast_hits += 1
-                return entry.output
+        if key is not None and x.shape[0] == len(self._captions):  # the whole call's captions are this input
+            for entry in self._entries:
+                if (entry.weights_version == version and entry.caption_key == key and entry.x.shape == x.shape
+                        and _same_layout(entry.mask, mask)):
+                    self.hits += 1
+                    self.fast_hits += 1
+                    return entry.output
         for entry in self._entries:
             if entry.weights_version == version and _same(entry.x, x) and _same(entry.mask, mask) and _same(entry.freqs, freqs):
                 self.hits += 1
