@@ -1,0 +1,163 @@
+"""The three training stages of the embedded world model, as LightningModules.
+
+1. `VaeStage`: diffusers' AutoencoderKL (16 latent channels) on world images.
+2. `EncoderStage`: transformers' Qwen3 as a causal language model on chat-templated
+   captions (system turns, think blocks), so its hidden layers carry the caption.
+3. `DitStage`: diffusers' ZImageTransformer2DModel with Z-Image's flow-matching
+   objective on the frozen encoder's hidden layer -2 and the frozen VAE's latents.
+
+Each stage keeps its (small) data on the device and draws batches from a seeded
+generator; a stage stops at `max_steps` and resumes from Lightning's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, ZImageTransformer2DModel
+from torch.nn import functional as F
+from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+from llm_dit.training.objective import noisy_latents, shift_sigmas, velocity_target
+from llm_dit.world_model.batched import batched_forward
+from llm_dit.world_model.config import ENCODER_CONFIG, TRANSFORMER_CONFIG, VAE_CONFIG, StageSettings
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, settings: StageSettings) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress = min(1.0, (step - settings.warmup_steps) / max(1, settings.max_steps - settings.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _Stage(L.LightningModule):
+    def __init__(self, settings: StageSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.settings.learning_rate, weight_decay=self.settings.weight_decay,
+                                      betas=(0.9, 0.99))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup_cosine(optimizer, self.settings), "interval": "step"}}
+
+
+class VaeStage(_Stage):
+    """AutoencoderKL trained with pixel MSE + a small KL term on [-1, 1] images."""
+
+    def __init__(self, settings: StageSettings, kl_weight: float = 1e-6) -> None:
+        super().__init__(settings)
+        self.vae = AutoencoderKL(**VAE_CONFIG)
+        self.kl_weight = kl_weight
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        posterior = self.vae.encode(batch).latent_dist
+        reconstruction = self.vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(reconstruction.float(), batch.float())
+        kl = posterior.kl().mean() / batch[0].numel()
+        loss = mse + self.kl_weight * kl
+        self.log_dict({"vae/mse": mse, "vae/kl": kl, "vae/psnr": psnr(mse)}, prog_bar=True)
+        return loss
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for images in [-1, 1] (peak-to-peak 2)."""
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
+
+
+class EncoderStage(_Stage):
+    """Qwen3 (tied input/output embeddings) as a language model on chat transcripts.
+
+    The softmax runs over the tokens the world's transcripts use (`vocabulary`, a few
+    hundred of Qwen3's 151,669): a full-vocabulary softmax would spend nearly all its
+    work pushing down tokens that never occur, and its logits alone would not fit a
+    batch of 256 transcripts in memory. Rows of unused tokens are never trained.
+    """
+
+    def __init__(self, settings: StageSettings, vocab_size: int, pad_token_id: int, vocabulary: torch.Tensor) -> None:
+        super().__init__(settings)
+        self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **ENCODER_CONFIG))
+        self.pad_token_id = pad_token_id
+        self.register_buffer("vocabulary", vocabulary.sort().values)
+        position = torch.full((vocab_size,), -100, dtype=torch.long)
+        position[self.vocabulary] = torch.arange(len(vocabulary))
+        self.register_buffer("position_in_vocabulary", position)
+
+    def loss(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) over the real tokens of right-padded `ids`."""
+        mask = ids != self.pad_token_id
+        hidden = self.lm.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, :-1]
+        logits = (hidden @ self.lm.model.embed_tokens.weight[self.vocabulary].T).float()
+        targets = self.position_in_vocabulary[ids[:, 1:]].masked_fill(~mask[:, 1:], -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log_dict({"encoder/loss": loss, "encoder/ppl": loss.exp()}, prog_bar=True)
+        return loss
+
+
+class DitStage(_Stage):
+    """Z-Image's DiT on (latent, caption features) pairs; caption dropout for CFG."""
+
+    def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True) -> None:
+        super().__init__(settings)
+        self.transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
+        # diffusers starts the learned pad tokens at zero; a trained model's are not.
+        for parameter in (self.transformer.x_pad_token, self.transformer.cap_pad_token):
+            parameter.data.normal_(0.0, 0.02)
+        self.shift = shift
+        self.forward_fn = batched_forward
+        self.compile = compile
+
+    def configure_model(self) -> None:
+        if self.compile and torch.cuda.is_available():
+            self.forward_fn = torch.compile(batched_forward, dynamic=False)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0 = batch["latents"]
+        noise = torch.randn_like(x0)
+        s = torch.sigmoid(torch.randn(x0.shape[0], device=x0.device))  # logit-normal(0, 1)
+        sigma = shift_sigmas(s, self.shift)
+        x_t = noisy_latents(x0, noise, sigma)
+        prediction = self.forward_fn(self.transformer, x_t, 1 - sigma, batch["cap_feats"], batch["cap_lengths"])
+        loss = F.mse_loss(prediction.float(), velocity_target(x0, noise).float())
+        self.log("dit/loss", loss, prog_bar=True)
+        return loss
+
+
+def frozen_encoder_features(encoder: Qwen3Model, ids: torch.Tensor, lengths: torch.Tensor, hidden_layer: int = -2,
+                            batch_size: int = 1024) -> torch.Tensor:
+    """Hidden layer `hidden_layer` of right-padded token ids [N, T] -> [N, T, D] (rows past a length are zero).
+
+    Right padding with a causal encoder leaves every real row as it is unpadded
+    (up to kernel rounding), which is how inference encodes one prompt.
+    """
+    outputs = []
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], batch_size):
+            chunk, chunk_lengths = ids[start:start + batch_size], lengths[start:start + batch_size]
+            mask = positions[None] < chunk_lengths[:, None]
+            hidden = encoder(input_ids=chunk, attention_mask=mask.long(), output_hidden_states=True).hidden_states[hidden_layer]
+            outputs.append(hidden * mask[..., None])
+    return torch.cat(outputs)
+
+
+class TensorBatches(torch.utils.data.IterableDataset):
+    """Endless seeded random batches of indices into device-resident tensors."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+
+    def __iter__(self):
+        generator = np.random.default_rng(self.seed)
+        while True:
+            yield torch.from_numpy(generator.integers(0, self.size, self.batch_size))

@@ -1,0 +1,241 @@
+"""Train the embedded world model, one stage at a time, in resumable pieces.
+
+    python -m llm_dit.world_model.train --config configs/train_world.yaml --stage vae
+    python -m llm_dit.world_model.train --config configs/train_world.yaml --stage encoder
+    python -m llm_dit.world_model.train --config configs/train_world.yaml --stage dit
+
+A stage runs until its `max_steps` or `max_minutes` (a piece), checkpointing to
+`<output_dir>/<stage>/checkpoints/last.ckpt`; running the same command again
+resumes there. Every piece ends by exporting the stage's weights (bf16 safetensors,
+diffusers layout) to `<output_dir>/export/<component>/` and a JSON line of its
+measurements to `<output_dir>/log.jsonl`. The DiT stage reads the exported VAE and
+encoder, so it trains on exactly the features inference will compute.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from jsonargparse import CLI
+from transformers import Qwen3Model
+
+from llm_dit.models.tiny import load_bundled_tokenizer
+from llm_dit.world_model.config import IMAGE_SIZE, WorldTrainingConfig
+from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text, images_to_tensor
+from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features, psnr
+
+Stage = Literal["vae", "encoder", "dit"]
+COMPONENT = {"vae": "vae", "encoder": "text_encoder", "dit": "transformer"}
+
+
+class _DeviceData(L.Callback):
+    """Gives the stage its device-resident tensors and turns index batches into data batches."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], make_batch) -> None:
+        self.tensors, self.make_batch = tensors, make_batch
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.tensors = {k: v.to(pl_module.device) for k, v in self.tensors.items()}
+        pl_module.fetch = lambda indices: self.make_batch(self.tensors, indices.to(pl_module.device))
+
+
+def _tokenize(texts: list[str], tokenizer, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    lengths = torch.tensor([min(len(ids), max_tokens) for ids in encoded])
+    ids = torch.full((len(texts), int(lengths.max())), tokenizer.pad_token_id, dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, : lengths[row]] = torch.tensor(tokens[:max_tokens])
+    return ids, lengths
+
+
+class _PrintProgress(L.Callback):
+    """One line every `every` steps (a progress bar would flood a remote log)."""
+
+    def __init__(self, every: int = 500) -> None:
+        self.every, self.start = every, time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step % self.every == 0:
+            metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+            print(f"step {trainer.global_step} {time.perf_counter() - self.start:.0f}s {metrics}", flush=True)
+
+
+def _trainer(stage_dir: Path, recipe_steps: int, max_minutes: float) -> L.Trainer:
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
+                                                      every_n_train_steps=500, save_top_k=0)
+    loggers = [L.pytorch.loggers.TensorBoardLogger(stage_dir, name="tb"), L.pytorch.loggers.CSVLogger(stage_dir, name="csv")]
+    return L.Trainer(
+        max_steps=recipe_steps, max_time=timedelta(minutes=max_minutes), precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+        logger=loggers, callbacks=[checkpoints, _PrintProgress()], enable_progress_bar=False,
+        log_every_n_steps=50, enable_model_summary=False, gradient_clip_val=1.0, default_root_dir=stage_dir,
+    )
+
+
+def _fit(module: L.LightningModule, data: _DeviceData, batches: TensorBatches, stage_dir: Path,
+         steps: int, max_minutes: float) -> int:
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    original_step = module.training_step
+    module.training_step = lambda indices, batch_idx: original_step(module.fetch(indices), batch_idx)
+    trainer = _trainer(stage_dir, steps, max_minutes)
+    trainer.callbacks.append(data)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
+    trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
+    trainer.save_checkpoint(last)
+    return trainer.global_step
+
+
+def _log(output_dir: Path, record: dict) -> None:
+    record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), **record}
+    print(json.dumps(record))
+    with open(output_dir / "log.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def train_vae(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float) -> None:
+    images, _ = build_world(recipe.seed, "train", recipe.train_scenes, IMAGE_SIZE)
+    module = VaeStage(recipe.vae, kl_weight=recipe.kl_weight)
+    data = _DeviceData({"images": torch.from_numpy(images)},
+                       lambda t, i: images_to_tensor_device(t["images"][i]))
+    steps = _fit(module, data, TensorBatches(len(images), recipe.vae.batch_size, recipe.seed), output_dir / "vae", recipe.vae.max_steps, max_minutes)
+    vae = module.vae.float().eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vae.to(device)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(images_to_tensor_device(torch.from_numpy(images[s:s + 1024]).to(device))).latent_dist.mode()
+                             for s in range(0, min(len(images), 50_000), 1024)])
+    vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1.0 / latents.std()))
+    export = output_dir / "export" / "vae"
+    vae.to(torch.bfloat16).save_pretrained(export)
+    heldout, _ = build_world(recipe.seed, "heldout", recipe.heldout_scenes, IMAGE_SIZE)
+    vae = AutoencoderKL.from_pretrained(export, torch_dtype=torch.float32).to(device).eval()
+    _log(output_dir, {"stage": "vae", "steps": steps, **reconstruction_psnr(vae, heldout, device)})
+
+
+def images_to_tensor_device(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def reconstruction_psnr(vae: AutoencoderKL, images: np.ndarray, device: str) -> dict[str, float]:
+    """Held-out reconstruction PSNR of 8-bit round trips (dB, mean over images)."""
+    values = []
+    with torch.no_grad():
+        for s in range(0, len(images), 512):
+            x = images_to_tensor(images[s:s + 512]).to(device)
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            y8 = ((y.clamp(-1, 1) + 1) * 127.5).round()
+            x8 = torch.from_numpy(images[s:s + 512]).to(device).permute(0, 3, 1, 2).float()
+            mse = ((y8 - x8) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-6)
+            values.append(10 * torch.log10(255.0**2 / mse))
+    values = torch.cat(values)
+    return {"heldout_psnr_db": float(values.mean()), "heldout_psnr_db_p05": float(values.quantile(0.05))}
+
+
+def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float) -> None:
+    tokenizer = load_bundled_tokenizer()
+    _, samples = build_world(recipe.seed, "train", recipe.train_scenes, IMAGE_SIZE, recipe.captions_per_scene)
+    rng = np.random.default_rng([recipe.seed, 11])
+    texts = [chat_lm_text(s.scene, c, rng) for s in samples for c in s.captions]
+    ids, _ = _tokenize(texts, tokenizer, max_tokens=256)
+    vocabulary = torch.unique(torch.cat([ids.flatten(), torch.tensor(tokenizer.all_special_ids)]))
+    module = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary)
+    data = _DeviceData({"ids": ids}, lambda t, i: t["ids"][i])
+    steps = _fit(module, data, TensorBatches(len(ids), recipe.encoder.batch_size, recipe.seed), output_dir / "encoder", recipe.encoder.max_steps, max_minutes)
+    export = output_dir / "export" / "text_encoder"
+    encoder = module.lm.model.float()
+    unused = torch.ones(len(tokenizer), dtype=torch.bool)
+    unused[vocabulary] = False
+    with torch.no_grad():
+        encoder.embed_tokens.weight[unused] = 0.0  # never trained: an unknown word reads as a zero row
+    encoder.to(torch.bfloat16).save_pretrained(export)
+    # Held-out perplexity with the exported (bf16) weights, in float32.
+    _, heldout = build_world(recipe.seed, "heldout", recipe.heldout_scenes, IMAGE_SIZE, 1)
+    rng = np.random.default_rng([recipe.seed, 12])
+    held_ids, _ = _tokenize([chat_lm_text(s.scene, s.captions[0], rng) for s in heldout], tokenizer, max_tokens=256)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Perplexity over the same token set (held-out tokens outside it are rare; they count as unseen).
+    evaluator = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary)
+    evaluator.lm.model = Qwen3Model.from_pretrained(export, torch_dtype=torch.float32)
+    evaluator.to(device).eval()
+    with torch.no_grad():
+        losses = [evaluator.loss(held_ids[s:s + 512].to(device)) for s in range(0, len(held_ids), 512)]
+    loss = float(torch.stack(losses).mean())
+    _log(output_dir, {"stage": "encoder", "steps": steps, "heldout_loss": loss, "heldout_perplexity": float(np.exp(loss))})
+
+
+def caption_features(encoder: Qwen3Model, tokenizer, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption features as inference computes them: diffusers' template, hidden layer -2."""
+    ids, lengths = _tokenize([dit_prompt_text(c) for c in captions], tokenizer, max_tokens=512)
+    features = frozen_encoder_features(encoder, ids.to(device), lengths.to(device))
+    return features.to(torch.bfloat16), lengths
+
+
+def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float, compile: bool) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    export = output_dir / "export"
+    tokenizer = load_bundled_tokenizer()
+    vae = AutoencoderKL.from_pretrained(export / "vae", torch_dtype=torch.float32).to(device).eval()
+    encoder = Qwen3Model.from_pretrained(export / "text_encoder", torch_dtype=torch.float32).to(device).eval()
+    images, samples = build_world(recipe.seed, "train", recipe.train_scenes, IMAGE_SIZE, recipe.captions_per_scene)
+    with torch.no_grad():
+        latents = torch.cat([
+            (vae.encode(images_to_tensor(images[s:s + 1024]).to(device)).latent_dist.mode() - vae.config.shift_factor)
+            * vae.config.scaling_factor for s in range(0, len(images), 1024)])
+    captions = [c for s in samples for c in s.captions]
+    features, lengths = caption_features(encoder, tokenizer, captions + [""], device)
+    empty_features, empty_length = features[-1], lengths[-1]
+    features, lengths = features[:-1], lengths[:-1]
+    per_scene = recipe.captions_per_scene
+    dropout = recipe.caption_dropout
+
+    def make_batch(t: dict[str, torch.Tensor], scene_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        which = scene_index * per_scene + torch.randint(0, per_scene, scene_index.shape, device=scene_index.device)
+        feats, lens = t["features"][which], t["lengths"][which]
+        drop = torch.rand(which.shape, device=which.device) < dropout
+        feats = torch.where(drop[:, None, None], t["empty"][: feats.shape[1]][None].expand_as(feats), feats)
+        lens = torch.where(drop, t["empty_length"], lens)
+        return {"latents": t["latents"][scene_index], "cap_feats": feats, "cap_lengths": lens}
+
+    empty = torch.zeros(features.shape[1], features.shape[2], dtype=features.dtype)
+    empty[: int(empty_length)] = empty_features[: int(empty_length)].cpu()
+    data = _DeviceData({"latents": latents, "features": features, "lengths": lengths, "empty": empty,
+                        "empty_length": empty_length.clone()}, make_batch)
+    module = DitStage(recipe.dit, compile=compile)
+    steps = _fit(module, data, TensorBatches(len(latents), recipe.dit.batch_size, recipe.seed), output_dir / "dit", recipe.dit.max_steps, max_minutes)
+    transformer = module.transformer.float()
+    transformer.to(torch.bfloat16).save_pretrained(export / "transformer")
+    _log(output_dir, {"stage": "dit", "steps": steps, "final_loss": float(module.trainer.callback_metrics.get("dit/loss", float("nan")))})
+
+
+def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning_logs/world_model",
+         max_minutes: float = 8.5, compile: bool = True) -> None:
+    """Train one stage of the embedded world model (see the module docstring).
+
+    Args:
+        recipe: the recipe (configs/train_world.yaml).
+        stage: vae | encoder | dit (in this order: each reads the previous exports).
+        output_dir: checkpoints, exports and log.jsonl.
+        max_minutes: wall-clock budget of this piece; run again to resume.
+        compile: torch.compile the DiT's training forward (CUDA only).
+    """
+    L.seed_everything(recipe.seed, workers=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if stage == "vae":
+        train_vae(recipe, output, max_minutes)
+    elif stage == "encoder":
+        train_encoder(recipe, output, max_minutes)
+    else:
+        train_dit(recipe, output, max_minutes, compile)
+
+
+if __name__ == "__main__":
+    CLI(main, as_positional=False)
