@@ -16,63 +16,90 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llm_dit.encoding.options import EncodingOptions
 from llm_dit.report import bootstrap_mean, load_run, paired_difference, write_report
 from llm_dit.report.questions import QUESTIONS
 from llm_dit.report.stats import unpaired_difference, wilson_interval
+from llm_dit.sampling.settings import SamplerSettings
 
 SEEDS = (1, 2, 3)
 TYPES = ("portrait", "landscape", "portrait", "abstract")
 
-# condition names per study kind, as the seed doc names them (control first)
+# conditions per study kind (control first): name and the recorded settings
+# {encoding, sampler, surgery, prompt_transform}; the report reads the settings, not the names
+def cond(name: str, **settings) -> tuple[str, dict]:
+    return name, settings
+
+
 KINDS = {
     "hidden_layer": [
-        ("layer=-2", {"hidden_layer": -2}),
-        ("layer=-1", {"hidden_layer": -1}),
-        ("layer=-3", {"hidden_layer": -3}),
-        ("mix", {"hidden_layer": [-1, -2]}),
+        cond("layer=-2", encoding={"hidden_layer": -2}),
+        cond("layer=-1", encoding={"hidden_layer": -1}),
+        cond("layer=-3", encoding={"hidden_layer": -3}),
+        cond("mix", encoding={"hidden_layer": [-1, -2]}),
     ],
     "think_block": [
-        ("none", {}),
-        ("empty", {"force_think_block": True}),
-        ("quality", {}),
-        ("style", {}),
-        ("irrelevant", {}),
+        cond("none"),
+        cond("empty", encoding={"force_think_block": True}),
+        cond("quality", encoding={"thinking_content": "High detail, sharp focus"}),
+        cond("style", encoding={"thinking_content": "Oil painting, visible brushstrokes"}),
+        cond("irrelevant", encoding={"thinking_content": "The weather is nice today"}),
     ],
     "refiner": [
-        ("default", {}),
-        ("skip", {}),
-        ("single", {}),
-        ("double", {}),
-        ("identity_init", {}),
-        ("skip_layer0", {}),
+        cond("default"),
+        cond("skip", surgery=[{"variant": "skip"}]),
+        cond("single", surgery=[{"variant": "truncate", "use_layers": 1}]),
+        cond("double", surgery=[{"variant": "duplicate", "shared": True}]),
+        cond("identity_init", surgery=[{"variant": "identity_init"}]),
+        cond("skip_layer0", surgery=[{"variant": "skip_layers", "layers": [0]}]),
     ],
-    "shift_steps": [(f"shift={s},steps={n}", {"shift": s, "steps": n}) for s in (1.0, 3.0) for n in (4, 8)],
+    "shift_steps": [cond(f"shift={s},steps={n}", sampler={"shift": s, "steps": n}) for s in (1.0, 3.0) for n in (4, 8)],
     "long_prompt": [
-        ("truncate", {"long_prompt_mode": "truncate"}),
-        ("interpolate", {"long_prompt_mode": "interpolate"}),
-        ("pool", {"long_prompt_mode": "pool"}),
-        ("attention_pool", {"long_prompt_mode": "attention_pool"}),
+        cond("truncate", encoding={"long_prompt_mode": "truncate", "max_length": 1024}),
+        cond("interpolate", encoding={"long_prompt_mode": "interpolate", "max_length": 1024}),
+        cond("pool", encoding={"long_prompt_mode": "pool", "max_length": 1024}),
+        cond("attention_pool", encoding={"long_prompt_mode": "attention_pool", "max_length": 1024}),
     ],
     "token_importance": [
-        ("baseline", {}),
-        ("shuffle_all", {}),
-        ("remove_nouns", {}),
-        ("remove_adjectives", {}),
-        ("front_load", {}),
-        ("back_load", {}),
-        ("duplicate_important", {}),
+        cond(name, prompt_transform=name)
+        for name in (
+            "baseline",
+            "shuffle_all",
+            "remove_nouns",
+            "remove_adjectives",
+            "front_load",
+            "back_load",
+            "duplicate_important",
+        )
     ],
-    "system_prompt": [("default", {}), ("none", {}), ("photographer", {}), ("artist", {}), ("contradictory", {})],
+    "system_prompt": [
+        cond("none"),
+        cond("default", encoding={"system_prompt": "You are a helpful assistant"}),
+        cond("photographer", encoding={"system_prompt": "You are a professional photographer"}),
+        cond("artist", encoding={"system_prompt": "You are a digital artist"}),
+        cond("contradictory", encoding={"system_prompt": "Generate low quality images"}),
+    ],
 }
 
 
-def make_run(root: Path, kind: str = "hidden_layer", effects: dict[str, float] | None = None, prompts: int = 4) -> Path:
-    """A run dir: clip_score = 20 + prompt_index + effect[condition] + seed noise; PNGs per item."""
+def make_run(
+    root: Path,
+    kind: str = "hidden_layer",
+    effects: dict[str, float] | None = None,
+    prompts: int = 4,
+    environment: dict | None = None,
+) -> Path:
+    """A run dir: clip_score = 20 + prompt_index + effect[condition] + seed noise; PNGs per item.
+
+    Rows and study.json have the writer's format (callbacks.writer.result_row, Study.to_record).
+    """
     conditions = KINDS[kind]
     effects = effects or {name: float(i) for i, (name, _) in enumerate(conditions)}
     run = root / kind
     rows = []
-    for c, (name, variables) in enumerate(conditions):
+    for c, (name, settings) in enumerate(conditions):
+        encoding = EncodingOptions().with_overrides(settings.get("encoding", {})).to_dict()
+        sampler = SamplerSettings(height=16, width=16).with_overrides(settings.get("sampler", {})).to_dict()
         for p in range(prompts):
             for seed in SEEDS:
                 noise = ((seed * 7 + p * 3) % 5) / 10  # same for every condition: cancels in paired differences
@@ -92,21 +119,14 @@ def make_run(root: Path, kind: str = "hidden_layer", effects: dict[str, float] |
                         "original_prompt": f"prompt {p}",
                         "prompt_type": TYPES[p % len(TYPES)],
                         "seed": seed,
-                        "steps": variables.get("steps", 8),
-                        "shift": variables.get("shift", 3.0),
-                        "guidance_scale": 0.0,
-                        "height": 16,
-                        "width": 16,
-                        "encoding": {
-                            "max_length": 1024,
-                            "long_prompt_mode": variables.get("long_prompt_mode", "truncate"),
-                        },
+                        **sampler,
+                        "encoding": encoding,
+                        "surgery": settings.get("surgery", []),
                         "image": image,
-                        "seconds": 0.1 * variables.get("steps", 8),
+                        "seconds": 0.1 * sampler["steps"],
                         "peak_memory_mb": 100.0 + c,
                         "num_tokens": 40 + 10 * c,
                         "metadata": {"target_tokens": 1024 * (1 + p), "construction": construction},
-                        **{f"var.{k}": v for k, v in variables.items()},
                         "metric.clip_score": 20.0 + p + effects[name] + noise,
                         "metric.detail_score": 100.0 + 5 * c + noise,
                         "metric.clip_elements_mean": 15.0 + effects[name] - p,
@@ -117,9 +137,23 @@ def make_run(root: Path, kind: str = "hidden_layer", effects: dict[str, float] |
         "name": kind,
         "kind": kind,
         "control": conditions[0][0],
-        "conditions": [{"name": n, "variables": v} for n, v in conditions],
+        "encoding": EncodingOptions().to_dict(),
+        "sampler": SamplerSettings(height=16, width=16).to_dict(),
+        "conditions": [
+            {
+                "name": n,
+                "encoding": v.get("encoding", {}),
+                "sampler": v.get("sampler", {}),
+                "surgery": v.get("surgery", []),
+                "prompt_transform": v.get("prompt_transform"),
+                "variables": {},
+            }
+            for n, v in conditions
+        ],
     }
     (run / "study.json").write_text(json.dumps(study))
+    if environment is not None:
+        (run / "environment.json").write_text(json.dumps(environment))
     sets = {
         "fid": {
             "kind": "set",
@@ -162,8 +196,9 @@ def test_paired_difference_pairs_by_key_and_removes_shared_noise():
     treatment = {k: v + 1.5 for k, v in noise.items()}
     treatment[(99, 0)] = 1000.0  # unmatched: ignored
     est = paired_difference(treatment, control)
-    assert est.n == 20 and est.mean == pytest.approx(1.5) and est.low == pytest.approx(1.5) and est.excludes_zero
-    unpaired = unpaired_difference(list(treatment.values())[:20], list(control.values()))
+    assert est.n == 20 and est.clusters == 5 and est.mean == pytest.approx(1.5) and est.low == pytest.approx(1.5)
+    assert est.excludes_zero
+    unpaired = unpaired_difference({k: treatment[k] for k in control}, control)
     assert unpaired.low < 0 < unpaired.high  # without pairing the noise hides the effect
 
 
@@ -182,8 +217,9 @@ def test_report_has_tables_paired_differences_and_questions(tmp_path):
     assert "# Report: hidden_layer (hidden_layer)" in text and "control condition: **layer=-2**" in text
     assert "100·max(cos(image, text), 0)" in text  # the CLIP convention is stated
     clip = text.split("### clip_score\n")[1].split("###")[0]
-    assert re.search(r"\| layer=-1 \| 12 \| \S+ \[\S+, \S+\] \| \+2 \[2, 2\] \* \|", clip)
-    assert re.search(r"\| mix \| 12 \| .* \| \+0 \[0, 0\] \|", clip)  # no effect: no star
+    assert re.search(r"\| layer=-1 \| 12 \| 4 \| \S+ \[\S+, \S+\] \| \+2 \[2, 2\] \* \|", clip)
+    assert re.search(r"\| mix \| 12 \| 4 \| .* \| \+0 \[0, 0\] \|", clip)  # no effect: no star
+    assert "95 % cluster bootstrap over prompts, seeds nested" in text
     for qid in ("Q1.1", "Q1.2", "Q1.3", "Q1.4", "Q1.5"):
         assert f"### {qid}:" in text
     assert "Needs a human A/B study: Q1.1" in text and "Q1.2" in text.split("Needs a human A/B study:")[1]
