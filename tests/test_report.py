@@ -18,6 +18,7 @@ from PIL import Image
 
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.report import bootstrap_mean, load_run, paired_difference, write_report
+from llm_dit.report.provenance import RANDOM_PRESETS, weights_are_random
 from llm_dit.report.questions import QUESTIONS
 from llm_dit.report.stats import unpaired_difference, wilson_interval
 from llm_dit.sampling.settings import SamplerSettings
@@ -313,3 +314,44 @@ def test_load_run_orders_conditions_like_the_study(tmp_path):
     run = load_run(make_run(tmp_path, "refiner"))
     assert run.conditions == [n for n, _ in KINDS["refiner"]] and run.control == "default"
     assert run.item_metrics() == ["clip_score", "detail_score", "clip_elements_mean"]
+
+
+# ----- provenance and timing ------------------------------------------------------------------
+def test_random_weights_are_said_first_and_the_model_is_in_the_header(tmp_path):
+    run = make_run(tmp_path / "a", "refiner", environment={"weights": "tiny-random", "transformer_fingerprint": "f00d"})
+    lines = write_report(run, n_boot=50, image_change=False, figures_png=False).read_text().splitlines()
+    assert lines[0] == "# Report: refiner (refiner)"
+    assert lines[2] == "> **random weights: images are noise; this run tests the pipeline, not the model**"
+    assert "model: weights `tiny-random`, a preset with random weights, transformer fingerprint `f00d`" in lines[4]
+    trained = make_run(tmp_path / "b", "refiner", environment={"weights": "/models/Z-Image-Turbo"})
+    text = write_report(trained, n_boot=50, image_change=False, figures_png=False).read_text()
+    assert "random weights" not in text and "weights `/models/Z-Image-Turbo`, trained weights" in text
+
+
+def test_weights_are_random_names_the_random_presets_only():
+    for weights in ("tiny-random", "random-z-image-turbo", Path("tiny-random")):
+        assert weights_are_random(weights)
+    for weights in ("/models/Z-Image-Turbo", "Tongyi-MAI/Z-Image-Turbo", "./tiny", None, {"transformer": "x"}):
+        assert not weights_are_random(weights)
+    assert weights_are_random("tiny") == ("tiny" in RANDOM_PRESETS)  # flips when the trained tiny model ships
+
+
+def test_timing_leaves_warmup_rows_out_and_is_never_starred(tmp_path):
+    run = make_run(tmp_path, "shift_steps", prompts=4)  # seconds = 0.1 x steps: 4 steps 0.4 s, 8 steps 0.8 s
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["prompt_index"] == 0 and row["seed"] == SEEDS[0]:  # the first batch of the process
+            row["warmup"] = True
+            row["seconds"] = 50.0
+    (run / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = write_report(run, n_boot=200, image_change=False, figures_png=False).read_text()
+    timing = text.split("### seconds per image (machine-dependent)")[1].split("##")[0]
+    assert "4 warm-up row(s)" in timing and "machine-dependent: no difference is marked" in timing
+    # 11 non-warm-up images per condition; every one takes exactly 0.1 x steps
+    assert re.search(r"\| shift=1.0,steps=8 \| 11 \| 4 \| 0.8 \[0.8, 0.8\] \| \+0.4 \[0.4, 0.4\] \|", timing)
+    assert "*" not in timing.split("(lower is better")[0]
+    run_data = load_run(run)
+    assert run_data.cells("seconds", "shift=1.0,steps=4").get((0, SEEDS[0])) is None
+    assert run_data.cells("clip_score", "shift=1.0,steps=4").get((0, SEEDS[0])) is not None  # quality keeps them
+    q41 = text.split("### Q4.1")[1].split("###")[0]
+    assert "warm-up batches left out (machine-dependent" in q41 and "0.4 s" in q41
