@@ -355,3 +355,16 @@ def test_timing_leaves_warmup_rows_out_and_is_never_starred(tmp_path):
     assert run_data.cells("clip_score", "shift=1.0,steps=4").get((0, SEEDS[0])) is not None  # quality keeps them
     q41 = text.split("### Q4.1")[1].split("###")[0]
     assert "warm-up batches left out (machine-dependent" in q41 and "0.4 s" in q41
+
+
+def test_readme_lists_the_questions_that_need_a_human_ab_study(tmp_path):
+    """The README's list is the set of sub-questions whose answers ask for people (any study kind)."""
+    from llm_dit.report.questions import Context, answer_questions
+
+    human = set()
+    for kind in KINDS:
+        ctx = Context(load_run(make_run(tmp_path, kind, prompts=2)), n_boot=20, image_change=False)
+        human |= {a.qid for a in answer_questions(ctx) if a.needs_human}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("Need a human A/B study:"))
+    assert set(re.findall(r"Q\d\.\d", line)) == human
