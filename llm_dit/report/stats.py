@@ -70,7 +70,7 @@ class Estimate:
         return f"{mean} [{number(self.low, digits)}, {number(self.high, digits)}]"
 
     def count(self) -> str:
-        """"12 images, 4 prompts" / "12 values"."""
+        """How many values and prompts, e.g. ``12 images, 4 prompts`` (or ``12 values`` when flat)."""
         if self.clusters is None:
             return f"{self.n} values"
         return f"{self.n} images, {self.clusters} prompt{'s' if self.clusters != 1 else ''}"
