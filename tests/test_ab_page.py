@@ -7,15 +7,21 @@ without them it is skipped with that reason.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from test_report import make_run  # the synthetic run directory of the report tests
 
 from llm_dit.report import export_ab_page, read_votes, write_report
+from llm_dit.report.ab_page import _upscaled
+from llm_dit.report.provenance import RANDOM_WEIGHTS_NOTICE
 
 CHROMIUM, CHROMEDRIVER = (
     shutil.which("chromium") or "/usr/bin/chromium",
@@ -52,6 +58,34 @@ def test_pairs_are_blind_paired_and_seeded(tmp_path):
     assert page_data(export_ab_page(run, pairs_per_condition=5, seed=4))["pairs"] != pairs
     embedded = page_data(export_ab_page(run, 1, conditions=["empty"], output=tmp_path / "one.html", embed_images=True))
     assert len(embedded["pairs"]) == 1 and embedded["pairs"][0]["left"]["src"].startswith("data:image/png;base64,")
+
+
+def test_small_images_are_shown_at_least_256_px_nearest_neighbour(tmp_path):
+    run = make_run(tmp_path, "think_block")  # 16 px images
+    Image.fromarray(np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)).save(run / "images/none/p000_s1.png")
+    page = export_ab_page(run, pairs_per_condition=12, seed=0)
+    pairs = page_data(page)["pairs"]
+    for pair in pairs:
+        for side in ("left", "right"):
+            with Image.open(page.parent / pair[side]["src"]) as shown:
+                assert shown.size == (256, 256)  # 16 px x 16
+                original = np.asarray(Image.open(run / f"images/{pair[side]['item_id']}.png").convert("RGB"))
+                # oracle: every source pixel repeated 16 x 16 times
+                assert np.array_equal(np.asarray(shown.convert("RGB")), original.repeat(16, 0).repeat(16, 1))
+    embedded = page_data(export_ab_page(run, 1, output=tmp_path / "one.html", embed_images=True))["pairs"][0]
+    data = base64.b64decode(embedded["left"]["src"].split(",", 1)[1])
+    assert Image.open(io.BytesIO(data)).size == (256, 256)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 260)).save(big)
+    assert _upscaled(big) is None  # large enough: the PNG itself is linked
+
+
+def test_random_weights_are_announced_on_the_page(tmp_path):
+    run = make_run(tmp_path / "random", "think_block", environment={"weights": "tiny-random"})
+    body = export_ab_page(run, 1).read_text().split("<body>")[1]
+    assert body.lstrip().startswith('<div id="provenance">' + RANDOM_WEIGHTS_NOTICE)
+    trained = make_run(tmp_path / "trained", "think_block", environment={"weights": "/models/Z-Image-Turbo"})
+    assert RANDOM_WEIGHTS_NOTICE not in export_ab_page(trained, 1).read_text()
 
 
 def test_read_votes_win_rates_ties_and_last_vote_wins(tmp_path):

@@ -16,63 +16,91 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llm_dit.encoding.options import EncodingOptions
 from llm_dit.report import bootstrap_mean, load_run, paired_difference, write_report
+from llm_dit.report.provenance import RANDOM_PRESETS, weights_are_random
 from llm_dit.report.questions import QUESTIONS
 from llm_dit.report.stats import unpaired_difference, wilson_interval
+from llm_dit.sampling.settings import SamplerSettings
 
 SEEDS = (1, 2, 3)
 TYPES = ("portrait", "landscape", "portrait", "abstract")
 
-# condition names per study kind, as the seed doc names them (control first)
+# conditions per study kind (control first): name and the recorded settings
+# {encoding, sampler, surgery, prompt_transform}; the report reads the settings, not the names
+def cond(name: str, **settings) -> tuple[str, dict]:
+    return name, settings
+
+
 KINDS = {
     "hidden_layer": [
-        ("layer=-2", {"hidden_layer": -2}),
-        ("layer=-1", {"hidden_layer": -1}),
-        ("layer=-3", {"hidden_layer": -3}),
-        ("mix", {"hidden_layer": [-1, -2]}),
+        cond("layer=-2", encoding={"hidden_layer": -2}),
+        cond("layer=-1", encoding={"hidden_layer": -1}),
+        cond("layer=-3", encoding={"hidden_layer": -3}),
+        cond("mix", encoding={"hidden_layer": [-1, -2]}),
     ],
     "think_block": [
-        ("none", {}),
-        ("empty", {"force_think_block": True}),
-        ("quality", {}),
-        ("style", {}),
-        ("irrelevant", {}),
+        cond("none"),
+        cond("empty", encoding={"force_think_block": True}),
+        cond("quality", encoding={"thinking_content": "High detail, sharp focus"}),
+        cond("style", encoding={"thinking_content": "Oil painting, visible brushstrokes"}),
+        cond("irrelevant", encoding={"thinking_content": "The weather is nice today"}),
     ],
     "refiner": [
-        ("default", {}),
-        ("skip", {}),
-        ("single", {}),
-        ("double", {}),
-        ("identity_init", {}),
-        ("skip_layer0", {}),
+        cond("default"),
+        cond("skip", surgery=[{"variant": "skip"}]),
+        cond("single", surgery=[{"variant": "truncate", "use_layers": 1}]),
+        cond("double", surgery=[{"variant": "duplicate", "shared": True}]),
+        cond("identity_init", surgery=[{"variant": "identity_init"}]),
+        cond("skip_layer0", surgery=[{"variant": "skip_layers", "layers": [0]}]),
     ],
-    "shift_steps": [(f"shift={s},steps={n}", {"shift": s, "steps": n}) for s in (1.0, 3.0) for n in (4, 8)],
+    "shift_steps": [cond(f"shift={s},steps={n}", sampler={"shift": s, "steps": n}) for s in (1.0, 3.0) for n in (4, 8)],
     "long_prompt": [
-        ("truncate", {"long_prompt_mode": "truncate"}),
-        ("interpolate", {"long_prompt_mode": "interpolate"}),
-        ("pool", {"long_prompt_mode": "pool"}),
-        ("attention_pool", {"long_prompt_mode": "attention_pool"}),
+        cond("truncate", encoding={"long_prompt_mode": "truncate", "max_length": 1024}),
+        cond("interpolate", encoding={"long_prompt_mode": "interpolate", "max_length": 1024}),
+        cond("pool", encoding={"long_prompt_mode": "pool", "max_length": 1024}),
+        cond("attention_pool", encoding={"long_prompt_mode": "attention_pool", "max_length": 1024}),
     ],
     "token_importance": [
-        ("baseline", {}),
-        ("shuffle_all", {}),
-        ("remove_nouns", {}),
-        ("remove_adjectives", {}),
-        ("front_load", {}),
-        ("back_load", {}),
-        ("duplicate_important", {}),
+        cond(name, prompt_transform=name)
+        for name in (
+            "baseline",
+            "shuffle_all",
+            "remove_nouns",
+            "remove_adjectives",
+            "front_load",
+            "back_load",
+            "duplicate_important",
+        )
     ],
-    "system_prompt": [("default", {}), ("none", {}), ("photographer", {}), ("artist", {}), ("contradictory", {})],
+    "system_prompt": [
+        cond("none"),
+        cond("default", encoding={"system_prompt": "You are a helpful assistant"}),
+        cond("photographer", encoding={"system_prompt": "You are a professional photographer"}),
+        cond("artist", encoding={"system_prompt": "You are a digital artist"}),
+        cond("contradictory", encoding={"system_prompt": "Generate low quality images"}),
+    ],
 }
 
 
-def make_run(root: Path, kind: str = "hidden_layer", effects: dict[str, float] | None = None, prompts: int = 4) -> Path:
-    """A run dir: clip_score = 20 + prompt_index + effect[condition] + seed noise; PNGs per item."""
+def make_run(
+    root: Path,
+    kind: str = "hidden_layer",
+    effects: dict[str, float] | None = None,
+    prompts: int = 4,
+    environment: dict | None = None,
+) -> Path:
+    """A run dir: clip_score = 20 + prompt_index + effect[condition] + seed noise; PNGs per item.
+
+    Rows and study.json have the writer's format (callbacks.writer.result_row, Study.to_record).
+    """
     conditions = KINDS[kind]
     effects = effects or {name: float(i) for i, (name, _) in enumerate(conditions)}
     run = root / kind
     rows = []
-    for c, (name, variables) in enumerate(conditions):
+    for c, (name, settings) in enumerate(conditions):
+        encoding = EncodingOptions().with_overrides(settings.get("encoding", {})).to_dict()
+        sampler = SamplerSettings(height=16, width=16).with_overrides(settings.get("sampler", {})).to_dict()
         for p in range(prompts):
             for seed in SEEDS:
                 noise = ((seed * 7 + p * 3) % 5) / 10  # same for every condition: cancels in paired differences
@@ -92,21 +120,14 @@ def make_run(root: Path, kind: str = "hidden_layer", effects: dict[str, float] |
                         "original_prompt": f"prompt {p}",
                         "prompt_type": TYPES[p % len(TYPES)],
                         "seed": seed,
-                        "steps": variables.get("steps", 8),
-                        "shift": variables.get("shift", 3.0),
-                        "guidance_scale": 0.0,
-                        "height": 16,
-                        "width": 16,
-                        "encoding": {
-                            "max_length": 1024,
-                            "long_prompt_mode": variables.get("long_prompt_mode", "truncate"),
-                        },
+                        **sampler,
+                        "encoding": encoding,
+                        "surgery": settings.get("surgery", []),
                         "image": image,
-                        "seconds": 0.1 * variables.get("steps", 8),
+                        "seconds": 0.1 * sampler["steps"],
                         "peak_memory_mb": 100.0 + c,
                         "num_tokens": 40 + 10 * c,
                         "metadata": {"target_tokens": 1024 * (1 + p), "construction": construction},
-                        **{f"var.{k}": v for k, v in variables.items()},
                         "metric.clip_score": 20.0 + p + effects[name] + noise,
                         "metric.detail_score": 100.0 + 5 * c + noise,
                         "metric.clip_elements_mean": 15.0 + effects[name] - p,
@@ -117,9 +138,23 @@ def make_run(root: Path, kind: str = "hidden_layer", effects: dict[str, float] |
         "name": kind,
         "kind": kind,
         "control": conditions[0][0],
-        "conditions": [{"name": n, "variables": v} for n, v in conditions],
+        "encoding": EncodingOptions().to_dict(),
+        "sampler": SamplerSettings(height=16, width=16).to_dict(),
+        "conditions": [
+            {
+                "name": n,
+                "encoding": v.get("encoding", {}),
+                "sampler": v.get("sampler", {}),
+                "surgery": v.get("surgery", []),
+                "prompt_transform": v.get("prompt_transform"),
+                "variables": {},
+            }
+            for n, v in conditions
+        ],
     }
     (run / "study.json").write_text(json.dumps(study))
+    if environment is not None:
+        (run / "environment.json").write_text(json.dumps(environment))
     sets = {
         "fid": {
             "kind": "set",
@@ -162,8 +197,9 @@ def test_paired_difference_pairs_by_key_and_removes_shared_noise():
     treatment = {k: v + 1.5 for k, v in noise.items()}
     treatment[(99, 0)] = 1000.0  # unmatched: ignored
     est = paired_difference(treatment, control)
-    assert est.n == 20 and est.mean == pytest.approx(1.5) and est.low == pytest.approx(1.5) and est.excludes_zero
-    unpaired = unpaired_difference(list(treatment.values())[:20], list(control.values()))
+    assert est.n == 20 and est.clusters == 5 and est.mean == pytest.approx(1.5) and est.low == pytest.approx(1.5)
+    assert est.excludes_zero
+    unpaired = unpaired_difference({k: treatment[k] for k in control}, control)
     assert unpaired.low < 0 < unpaired.high  # without pairing the noise hides the effect
 
 
@@ -182,8 +218,9 @@ def test_report_has_tables_paired_differences_and_questions(tmp_path):
     assert "# Report: hidden_layer (hidden_layer)" in text and "control condition: **layer=-2**" in text
     assert "100·max(cos(image, text), 0)" in text  # the CLIP convention is stated
     clip = text.split("### clip_score\n")[1].split("###")[0]
-    assert re.search(r"\| layer=-1 \| 12 \| \S+ \[\S+, \S+\] \| \+2 \[2, 2\] \* \|", clip)
-    assert re.search(r"\| mix \| 12 \| .* \| \+0 \[0, 0\] \|", clip)  # no effect: no star
+    assert re.search(r"\| layer=-1 \| 12 \| 4 \| \S+ \[\S+, \S+\] \| \+2 \[2, 2\] \* \|", clip)
+    assert re.search(r"\| mix \| 12 \| 4 \| .* \| \+0 \[0, 0\] \|", clip)  # no effect: no star
+    assert "95 % cluster bootstrap over prompts, seeds nested" in text
     for qid in ("Q1.1", "Q1.2", "Q1.3", "Q1.4", "Q1.5"):
         assert f"### {qid}:" in text
     assert "Needs a human A/B study: Q1.1" in text and "Q1.2" in text.split("Needs a human A/B study:")[1]
@@ -277,3 +314,57 @@ def test_load_run_orders_conditions_like_the_study(tmp_path):
     run = load_run(make_run(tmp_path, "refiner"))
     assert run.conditions == [n for n, _ in KINDS["refiner"]] and run.control == "default"
     assert run.item_metrics() == ["clip_score", "detail_score", "clip_elements_mean"]
+
+
+# ----- provenance and timing ------------------------------------------------------------------
+def test_random_weights_are_said_first_and_the_model_is_in_the_header(tmp_path):
+    run = make_run(tmp_path / "a", "refiner", environment={"weights": "tiny-random", "transformer_fingerprint": "f00d"})
+    lines = write_report(run, n_boot=50, image_change=False, figures_png=False).read_text().splitlines()
+    assert lines[0] == "# Report: refiner (refiner)"
+    assert lines[2] == "> **random weights: images are noise; this run tests the pipeline, not the model**"
+    assert "model: weights `tiny-random`, a preset with random weights, transformer fingerprint `f00d`" in lines[4]
+    trained = make_run(tmp_path / "b", "refiner", environment={"weights": "/models/Z-Image-Turbo"})
+    text = write_report(trained, n_boot=50, image_change=False, figures_png=False).read_text()
+    assert "random weights" not in text and "weights `/models/Z-Image-Turbo`, trained weights" in text
+
+
+def test_weights_are_random_names_the_random_presets_only():
+    for weights in ("tiny-random", "random-z-image-turbo", Path("tiny-random")):
+        assert weights_are_random(weights)
+    for weights in ("/models/Z-Image-Turbo", "Tongyi-MAI/Z-Image-Turbo", "./tiny", None, {"transformer": "x"}):
+        assert not weights_are_random(weights)
+    assert weights_are_random("tiny") == ("tiny" in RANDOM_PRESETS)  # flips when the trained tiny model ships
+
+
+def test_timing_leaves_warmup_rows_out_and_is_never_starred(tmp_path):
+    run = make_run(tmp_path, "shift_steps", prompts=4)  # seconds = 0.1 x steps: 4 steps 0.4 s, 8 steps 0.8 s
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["prompt_index"] == 0 and row["seed"] == SEEDS[0]:  # the first batch of the process
+            row["warmup"] = True
+            row["seconds"] = 50.0
+    (run / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    text = write_report(run, n_boot=200, image_change=False, figures_png=False).read_text()
+    timing = text.split("### seconds per image (machine-dependent)")[1].split("##")[0]
+    assert "4 warm-up row(s)" in timing and "machine-dependent: no difference is marked" in timing
+    # 11 non-warm-up images per condition; every one takes exactly 0.1 x steps
+    assert re.search(r"\| shift=1.0,steps=8 \| 11 \| 4 \| 0.8 \[0.8, 0.8\] \| \+0.4 \[0.4, 0.4\] \|", timing)
+    assert "*" not in timing.split("(lower is better")[0]
+    run_data = load_run(run)
+    assert run_data.cells("seconds", "shift=1.0,steps=4").get((0, SEEDS[0])) is None
+    assert run_data.cells("clip_score", "shift=1.0,steps=4").get((0, SEEDS[0])) is not None  # quality keeps them
+    q41 = text.split("### Q4.1")[1].split("###")[0]
+    assert "warm-up batches left out (machine-dependent" in q41 and "0.4 s" in q41
+
+
+def test_readme_lists_the_questions_that_need_a_human_ab_study(tmp_path):
+    """The README's list is the set of sub-questions whose answers ask for people (any study kind)."""
+    from llm_dit.report.questions import Context, answer_questions
+
+    human = set()
+    for kind in KINDS:
+        ctx = Context(load_run(make_run(tmp_path, kind, prompts=2)), n_boot=20, image_change=False)
+        human |= {a.qid for a in answer_questions(ctx) if a.needs_human}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("Need a human A/B study:"))
+    assert set(re.findall(r"Q\d\.\d", line)) == human

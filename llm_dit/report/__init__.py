@@ -1,4 +1,4 @@
-"""Reports for finished study runs: report.md with bootstrap statistics, blind A/B pages.
+"""Reports for finished study runs: report.md with cluster-bootstrap statistics, blind A/B pages.
 
 from llm_dit.report import write_report, export_ab_page, read_votes
 write_report("lightning_logs/hidden_layer")        # -> report.md + figures/
@@ -8,7 +8,8 @@ read_votes("lightning_logs/hidden_layer")          # votes*.json -> win rates pe
 
 from llm_dit.report.ab_page import WinRate, export_ab_page, read_votes
 from llm_dit.report.run_data import RunData, load_run
-from llm_dit.report.stats import Estimate, bootstrap_mean, paired_difference
+from llm_dit.report.provenance import weights_are_random
+from llm_dit.report.stats import Estimate, bootstrap_mean, cluster_bootstrap_mean, paired_difference
 from llm_dit.report.writer import write_report
 
 __all__ = [
@@ -16,9 +17,11 @@ __all__ = [
     "RunData",
     "WinRate",
     "bootstrap_mean",
+    "cluster_bootstrap_mean",
     "export_ab_page",
     "load_run",
     "paired_difference",
     "read_votes",
+    "weights_are_random",
     "write_report",
 ]

@@ -7,6 +7,12 @@ The page shows no condition names; blindness is at the interface level (the
 image file paths in the page source name the condition; use
 ``embed_images=True`` for a page that hides them and travels as one file).
 
+Images smaller than ``MIN_SIDE`` pixels (the tiny model's 64 px) are shown
+upscaled by a whole factor with nearest-neighbour sampling, so pixels stay
+pixels: copies under ``ab_images/`` beside the page (or inline with
+``embed_images``). A run on random weights (``provenance.weights_are_random``)
+gets a notice at the top of the page.
+
 ``read_votes`` reads one votes file or every ``votes*.json`` in a folder
 (several raters), keeps the last vote per (rater, page, pair) and returns win
 rates per condition against the control with a 95% Wilson interval; a tie
@@ -16,18 +22,25 @@ counts as half a win.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from llm_dit.report.ab_template import TEMPLATE
+from llm_dit.report.provenance import RANDOM_WEIGHTS_NOTICE, weights_are_random
 from llm_dit.report.run_data import load_run
 from llm_dit.report.stats import wilson_interval
 
 FORMAT = "llm-dit-ab-votes/1"
+MIN_SIDE = 256  # the shortest side a rater sees, in image pixels
+UPSCALED = "ab_images"
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,10 @@ def export_ab_page(
     page_id = f"{run.name}-s{seed}"
     data = {"format": FORMAT, "page_id": page_id, "run": run.name, "seed": seed, "pairs": pairs}
     payload = json.dumps(data).replace("</", "<\\/")  # never close the <script> early
-    html = TEMPLATE.replace("__TITLE__", _escape(run.name)).replace("__DATA__", payload)
+    notice = ""
+    if weights_are_random(run.environment.get("weights")):
+        notice = f'<div id="provenance">{_escape(RANDOM_WEIGHTS_NOTICE)}</div>\n'
+    html = TEMPLATE.replace("__TITLE__", _escape(run.name)).replace("__NOTICE__", notice).replace("__DATA__", payload)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     return output
@@ -113,11 +129,32 @@ def export_ab_page(
 
 def _image(run_dir: Path, row: dict[str, Any], page: Path, embed: bool) -> dict[str, str]:
     path = run_dir / row["image"]
+    upscaled = _upscaled(path)
     if embed:
-        src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        data = path.read_bytes() if upscaled is None else upscaled
+        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     else:
+        if upscaled is not None:
+            copy = page.parent / UPSCALED / row["image"]
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(upscaled)
+            path = copy
         src = Path(os.path.relpath(path, page.parent)).as_posix()
     return {"item_id": row["item_id"], "src": src}
+
+
+def _upscaled(path: Path, min_side: int = MIN_SIDE) -> bytes | None:
+    """PNG bytes of the image enlarged by the smallest whole factor reaching ``min_side`` (nearest
+    neighbour); None when it is already large enough."""
+    with Image.open(path) as image:
+        short = min(image.size)
+        if short >= min_side:
+            return None
+        factor = math.ceil(min_side / short)
+        big = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _escape(text: str) -> str:

@@ -1,6 +1,6 @@
 """The blind A/B page: one self-contained HTML file (no network, no external assets).
 
-The page reads its pairs from an embedded JSON block, shows one pair at a time
+A run on random weights opens with a red notice saying so. The page reads its pairs from an embedded JSON block, shows one pair at a time
 (prompt, image left, image right), and records a choice per pair with the
 buttons or the keys 1 / 2 / 3 (left / right / tie) and arrows to move. Votes
 persist in localStorage, are mirrored into ``<script id="votes-json">`` (so a
@@ -18,7 +18,9 @@ TEMPLATE = r"""<!doctype html>
   #prompt { font-size: 1.05rem; margin: .5rem 0 1rem; max-height: 6.5em; overflow: auto; white-space: pre-wrap; }
   .pair { display: flex; gap: 1rem; }
   .side { flex: 1; text-align: center; }
-  .side img { max-width: 100%; max-height: 70vh; border: 4px solid transparent; }
+  .side img { min-width: 256px; max-width: 100%; max-height: 70vh; border: 4px solid transparent;
+              image-rendering: pixelated; }
+  #provenance { background: #7a1f1f; color: #fff; font-weight: bold; padding: .5rem 1rem; margin-bottom: .5rem; }
   .side.chosen img { border-color: #4caf50; }
   button { font-size: 1rem; padding: .5rem 1.2rem; margin: .4rem; cursor: pointer; }
   button.chosen { background: #4caf50; color: #fff; }
@@ -27,7 +29,7 @@ TEMPLATE = r"""<!doctype html>
 </style>
 </head>
 <body>
-<h2>Which image is better? (<span id="progress"></span>)</h2>
+__NOTICE__<h2>Which image is better? (<span id="progress"></span>)</h2>
 <div id="bar">
   <label>Rater <input id="rater" size="12" placeholder="your name"></label>
   <button id="prev">&larr; previous</button>

@@ -8,12 +8,19 @@ Files read from a run directory:
 
 * ``results.jsonl``: one row per image (callbacks.writer); numbers in
   ``metric.<name>`` columns, prompt metadata in ``metadata`` (or ``meta.<key>``);
-* ``study.json``: name, kind, control, conditions [{name, variables}];
+* ``study.json``: name, kind, control, baseline encoding / sampler, conditions
+  [{name, encoding, sampler, surgery, prompt_transform, variables}] (see
+  ``llm_dit.report.settings`` for how a condition's settings are read);
+* ``environment.json``: weights, transformer fingerprint, package versions;
 * ``set_metrics.json``: ``{metric: {"kind", "conditions": {name: {"value", "n",
   "per_prompt"?}}, "info"}}`` from the metric callbacks;
 * ``embedding_analysis.json`` (optional, written by the embedding analysis):
   ``{"cosine_matrix": {"names": [...], "matrix": [[...]]},
   "drift": {"layers": [...], "series": {label: [value per layer]}}}``.
+
+A row with ``"warmup": true`` came from the first batch of its process
+(compilation, allocator warm-up): its timing is left out of timing comparisons.
+Rows without the flag count as timed normally.
 """
 
 from __future__ import annotations
@@ -23,14 +30,19 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from callbacks.writer import read_rows  # one reader for the results table, torn lines and all
+from llm_dit.report.settings import ConditionSettings, condition_settings
 
 RESULTS = "results.jsonl"
 SET_METRICS = "set_metrics.json"
 ANALYSIS = "embedding_analysis.json"
+ENVIRONMENT = "environment.json"
+#: Wall-clock columns: machine-dependent, never starred, warm-up rows left out.
+TIMING_METRICS = ("seconds", "seconds_per_image")
 _ELEMENT = re.compile(r"^clip_element_\d+")
 
 #: +1 higher is better, -1 lower is better, 0 neither (descriptive only).
@@ -73,6 +85,7 @@ class RunData:
     set_metrics: dict[str, Any] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
 
     # -- study ------------------------------------------------------------------
     @property
@@ -107,13 +120,13 @@ class RunData:
         row = next((r for r in self.rows if r["condition"] == condition), {})
         return {k[4:]: v for k, v in row.items() if k.startswith("var.")}
 
-    def setting(self, condition: str, key: str) -> Any:
-        """A sampler/encoding value of a condition: variables, then the row's columns."""
-        variables = self.variables(condition)
-        if key in variables:
-            return variables[key]
-        row = next((r for r in self.rows if r["condition"] == condition), {})
-        return row.get(key, (row.get("encoding") or {}).get(key))
+    @cached_property
+    def _settings(self) -> dict[str, ConditionSettings]:
+        return condition_settings(self.rows, self.study, self.conditions)
+
+    def settings(self, condition: str) -> ConditionSettings:
+        """What ``condition`` ran with (encoding, sampler, surgery, prompt transform): see settings.py."""
+        return self._settings[condition]
 
     # -- columns ------------------------------------------------------------------
     def item_metrics(self, include_elements: bool = False) -> list[str]:
@@ -131,8 +144,13 @@ class RunData:
     def cells(
         self, metric: str, condition: str, where: Callable[[dict[str, Any]], bool] | None = None
     ) -> dict[tuple[int, int], float]:
-        """(prompt_index, seed) -> value of ``metric`` ("seconds", "num_tokens" or an item metric)."""
+        """(prompt_index, seed) -> value of ``metric`` ("seconds", "num_tokens" or an item metric).
+
+        Timing columns leave warm-up rows out.
+        """
         out = {}
+        if metric in TIMING_METRICS:
+            where = _and_not_warmup(where)
         for row in self.rows_of(condition, where):
             value = value_of(row, metric)
             if value is not None:
@@ -149,6 +167,15 @@ class RunData:
 
     def _set_condition_names(self) -> list[str]:
         return [c for e in self.set_metrics.values() if isinstance(e, dict) for c in (e.get("conditions") or {})]
+
+
+def is_warmup(row: dict[str, Any]) -> bool:
+    """The row came from its process's first batch (absent flag: not warm-up)."""
+    return bool(row.get("warmup", False))
+
+
+def _and_not_warmup(where: Callable[[dict[str, Any]], bool] | None) -> Callable[[dict[str, Any]], bool]:
+    return lambda row: not is_warmup(row) and (where is None or where(row))
 
 
 def value_of(row: dict[str, Any], metric: str) -> float | None:
@@ -188,4 +215,5 @@ def load_run(run_dir: str | Path) -> RunData:
         set_metrics=read_json(run_dir / SET_METRICS) or {},
         analysis=read_json(run_dir / ANALYSIS) or {},
         run_dir=run_dir,
+        environment=read_json(run_dir / ENVIRONMENT) or {},
     )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from llm_dit.report.run_data import RunData, direction, encoding_value, meta
-from llm_dit.report.stats import Estimate, bootstrap_mean, paired_difference
+from llm_dit.report.stats import Estimate, cluster_bootstrap_mean, paired_difference
 
 QUALITY_PREFERENCE = ("clip_score", "clip_score_random_init", "detail_score", "detail_score_random_init")
 FID_NAMES = ("fid", "fid_random_init")
@@ -34,7 +34,7 @@ def quality_metric(run: RunData, preferred: str | None = None) -> str | None:
 
 
 def condition_table(run: RunData, metric: str, n_boot: int = 2000, seed: int = 0) -> list[ConditionRow]:
-    """Mean [CI] per condition and paired difference to the control."""
+    """Mean [CI] per condition and paired difference to the control (cluster bootstrap over prompts)."""
     control = run.control
     control_cells = run.cells(metric, control) if control else {}
     out = []
@@ -43,7 +43,7 @@ def condition_table(run: RunData, metric: str, n_boot: int = 2000, seed: int = 0
         if not cells:
             continue
         diff = None if condition == control else paired_difference(cells, control_cells, n_boot, seed)
-        out.append(ConditionRow(condition, bootstrap_mean(list(cells.values()), n_boot, seed), diff))
+        out.append(ConditionRow(condition, cluster_bootstrap_mean(cells, n_boot, seed), diff))
     return out
 
 
@@ -57,7 +57,7 @@ def per_prompt_table(run: RunData, name: str, n_boot: int = 2000, seed: int = 0)
         if not per_prompt:
             continue
         diff = None if condition == run.control else paired_difference(per_prompt, control, n_boot, seed)
-        out.append(ConditionRow(condition, bootstrap_mean(list(per_prompt.values()), n_boot, seed), diff))
+        out.append(ConditionRow(condition, cluster_bootstrap_mean(per_prompt, n_boot, seed), diff))
     return out
 
 
@@ -90,14 +90,24 @@ def condition_quality(run: RunData, preferred: str | None = None) -> tuple[str, 
 
 
 def condition_seconds(run: RunData) -> dict[str, float]:
-    """Seconds per image per condition: the timing callback's summary, else the rows' mean."""
+    """Seconds per image per condition: the rows' mean without warm-up rows, else the timing summary.
+
+    Machine-dependent: for ranking conditions of one run on one machine only.
+    """
+    out = {}
     summary = run.set_metric("seconds_per_image")
-    out = {c: e["value"] for c, e in summary.items() if e.get("value") is not None}
     for condition in run.conditions:
-        cells = run.cells("seconds", condition)
-        if condition not in out and cells:
+        cells = run.cells("seconds", condition)  # warm-up rows left out
+        if cells:
             out[condition] = float(np.mean(list(cells.values())))
+        elif (summary.get(condition) or {}).get("value") is not None and not _has_seconds(run, condition):
+            out[condition] = float(summary[condition]["value"])
     return out
+
+
+def _has_seconds(run: RunData, condition: str) -> bool:
+    """Rows with a time (warm-up or not): then the summary, which may hold warm-up, is not used."""
+    return any(isinstance(r.get("seconds"), (int, float)) for r in run.rows_of(condition))
 
 
 def pareto_points(run: RunData, preferred: str | None = None) -> tuple[list, list, list, list, str, bool] | None:
@@ -109,7 +119,8 @@ def pareto_points(run: RunData, preferred: str | None = None) -> tuple[list, lis
     metric, values, higher = quality
     points = []
     for condition in run.conditions:
-        shift, steps = run.setting(condition, "shift"), run.setting(condition, "steps")
+        sampler = run.settings(condition).sampler
+        shift, steps = sampler.get("shift"), sampler.get("steps")
         if condition in values and condition in seconds and shift is not None and steps is not None:
             points.append((float(shift), int(steps), seconds[condition], values[condition]))
     if len(points) < 2 or len({(p[0], p[1]) for p in points}) < 2:
@@ -128,28 +139,29 @@ def compression_ratio(row: dict[str, Any], default_max_length: int = 512) -> flo
 
 
 def compression_mode(run: RunData, condition: str, mode_key: str = "long_prompt_mode") -> str:
-    mode = run.setting(condition, mode_key)
+    """The condition's recorded long-prompt mode (its name only when no mode is recorded)."""
+    mode = run.settings(condition).encoding.get(mode_key)
     return str(mode) if mode is not None else condition
 
 
 def compression_curves(
     run: RunData, metric: str, mode_key: str = "long_prompt_mode", n_boot: int = 1000, seed: int = 0
 ) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Q5.6: per condition (labelled by its mode): [(ratio, mean, ci_low, ci_high)] over prompts x seeds."""
+    """Q5.6: per condition (labelled by its mode): [(ratio, mean, ci_low, ci_high)], cluster bootstrap."""
     curves: dict[str, list[tuple[float, float, float, float]]] = {}
     for condition in run.conditions:
-        by_ratio: dict[float, list[float]] = {}
+        by_ratio: dict[float, dict[tuple[int, int], float]] = {}
         for row in run.rows_of(condition):
             ratio = compression_ratio(row)
             value = row.get(f"metric.{metric}")
             if ratio is not None and isinstance(value, (int, float)) and math.isfinite(value):
-                by_ratio.setdefault(round(ratio, 4), []).append(float(value))
+                by_ratio.setdefault(round(ratio, 4), {})[(int(row["prompt_index"]), int(row["seed"]))] = float(value)
         if by_ratio:
             label = compression_mode(run, condition, mode_key)
             label = label if label == condition else f"{condition} ({label})"
             points = []
             for ratio, values in sorted(by_ratio.items()):
-                est = bootstrap_mean(values, n_boot, seed)
+                est = cluster_bootstrap_mean(values, n_boot, seed)
                 points.append((ratio, est.mean, est.low, est.high))
             curves[label] = points
     return curves

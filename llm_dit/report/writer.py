@@ -1,10 +1,12 @@
 """``write_report(run_dir)``: report.md + figures/*.png for a finished predict run.
 
-Sections: the run and its conventions; per-metric tables (mean and 95%
-bootstrap CI over prompts x seeds, paired difference to the control);
-set metrics (FID, LPIPS diversity); time and memory; human preference (when
-a votes file is in the run dir); the sub-questions of the study kind; the
-list of questions that need a human A/B study; figures.
+Sections: the run, its model and its conventions (a plain warning first when
+the weights are random); per-metric tables (mean and 95% cluster-bootstrap CI
+over prompts, seeds nested; paired difference to the control); set metrics
+(FID, LPIPS diversity); time (machine-dependent, warm-up rows left out, never
+starred) and memory; human preference (when a votes file is in the run dir);
+the sub-questions of the study kind; the list of questions that need a human
+A/B study; figures.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 from callbacks import figures
 from llm_dit.report.ab_page import WinRate, read_votes, vote_files
 from llm_dit.report.questions import Answer, Context, answer_questions
+from llm_dit.report.provenance import RANDOM_WEIGHTS_NOTICE, describe_source, weights_are_random
 from llm_dit.report.questions.base import fmt
-from llm_dit.report.run_data import RunData, direction, load_run
+from llm_dit.report.run_data import TIMING_METRICS, RunData, direction, is_warmup, load_run
+from llm_dit.report.stats import UNIT
 from llm_dit.report.tables import condition_table, per_prompt_table, quality_metric, study_figures
 
 CLIP_CONVENTION = (
@@ -65,15 +69,21 @@ def write_report(
 def _header(run: RunData, n_boot: int, seed: int) -> str:
     prompts = len({r["prompt_index"] for r in run.rows})
     seeds = sorted({r["seed"] for r in run.rows})
-    lines = [
-        f"# Report: {run.name} ({run.kind})",
-        "",
+    lines = [f"# Report: {run.name} ({run.kind})", ""]
+    if weights_are_random(run.environment.get("weights")):
+        lines += [f"> **{RANDOM_WEIGHTS_NOTICE}**", ""]
+    lines += [
+        f"- {describe_source(run.environment)}",
         f"- run directory: `{run.run_dir}`",
         f"- {len(run.rows)} images: {len(run.conditions)} conditions x {prompts} prompts x {len(seeds)} seeds {seeds}",
         f"- control condition: **{run.control}**",
-        f"- intervals: 95% percentile bootstrap, {n_boot} resamples, seed {seed}; unit = one image (prompt x seed); "
-        "differences are paired by (prompt, seed)",
+        f"- intervals: {UNIT} (prompts are resampled, then seeds within each drawn prompt; percentile "
+        f"interval, {n_boot} resamples, seed {seed}). A difference vs the control is taken per (prompt, seed) "
+        "pair before resampling, so the pairing is kept. The unit is the prompt: with few prompts the "
+        "intervals are wide, and one prompt gives no finding.",
         f"- {_clip_convention(run)}",
+        "- timing (seconds) is machine-dependent: warm-up rows (each process's first batch) are left out, "
+        "and timing differences are never marked as findings",
     ]
     for name, entry in sorted(run.set_metrics.items()):
         info = (entry or {}).get("info") or {}
@@ -85,23 +95,29 @@ def _header(run: RunData, n_boot: int, seed: int) -> str:
 
 
 def _conditions(run: RunData) -> str:
-    lines = ["## Conditions", "", "| condition | variables | images |", "| --- | --- | --- |"]
+    lines = ["## Conditions", "", f"| condition | settings that differ from {run.control} | images |", "| --- | --- | --- |"]
+    control = run.settings(run.control) if run.control else None
     for condition in run.conditions:
-        variables = ", ".join(f"{k}={v}" for k, v in run.variables(condition).items()) or "(baseline)"
         mark = " (control)" if condition == run.control else ""
-        lines.append(f"| {condition}{mark} | {variables} | {len(run.rows_of(condition))} |")
+        differs = run.settings(condition).describe(control) if control and condition != run.control else ""
+        lines.append(f"| {condition}{mark} | {differs or '(none)'} | {len(run.rows_of(condition))} |")
     return "\n".join(lines) + "\n"
 
 
-def _table(rows: list, metric: str, control: str | None) -> list[str]:
-    lines = [f"| condition | n | mean [95% CI] | Δ vs {control} [95% CI] |", "| --- | --- | --- | --- |"]
+def _table(rows: list, metric: str, control: str | None, star: bool = True) -> list[str]:
+    lines = [
+        f"| condition | images | prompts | mean [95% CI] | Δ vs {control} [95% CI] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
         diff = "control" if row.difference is None else row.difference.format(signed=True)
-        if row.difference is not None and row.difference.excludes_zero:
+        if star and row.difference is not None and row.difference.excludes_zero:
             diff += " *"
-        lines.append(f"| {row.condition} | {row.estimate.n} | {row.estimate.format()} | {diff} |")
+        prompts = row.estimate.clusters if row.estimate.clusters is not None else "-"
+        lines.append(f"| {row.condition} | {row.estimate.n} | {prompts} | {row.estimate.format()} | {diff} |")
     sense = {1: "higher is better", -1: "lower is better", 0: "descriptive"}[direction(metric)]
-    lines.append(f"\n({sense}; * = CI of the paired difference excludes 0)")
+    note = "* = CI of the paired difference excludes 0" if star else "machine-dependent: no difference is marked"
+    lines.append(f"\n({sense}; {note})")
     return lines
 
 
@@ -112,7 +128,7 @@ def _item_metrics(run: RunData, ctx: Context, links: dict[str, str]) -> str:
     out = ["## Per-image metrics"]
     for metric in metrics:
         rows = condition_table(run, metric, ctx.n_boot, ctx.seed)
-        out += ["", f"### {metric}", "", *_table(rows, metric, run.control)]
+        out += ["", f"### {metric}", "", *_table(rows, metric, run.control, star=metric not in TIMING_METRICS)]
         if f"bars_{metric}" in links:
             out.append(f"\n![{metric}]({links[f'bars_{metric}']})")
     return "\n".join(out) + "\n"
@@ -137,8 +153,19 @@ def _set_metrics(run: RunData, ctx: Context) -> str:
 def _time(run: RunData, ctx: Context) -> str:
     out = ["## Time and memory", ""]
     rows = condition_table(run, "seconds", ctx.n_boot, ctx.seed)
+    warmup = sum(1 for r in run.rows if is_warmup(r))
     if rows:
-        out += ["### seconds per image", "", *_table(rows, "seconds", run.control)]
+        out += [
+            "### seconds per image (machine-dependent)",
+            "",
+            f"Wall-clock time on the machine(s) of this run; {warmup} warm-up row(s) (each process's first batch: "
+            "compilation, allocator) left out. It ranks conditions of this run only, and no timing difference "
+            "is marked as a finding: machine load moves it.",
+            "",
+            *_table(rows, "seconds", run.control, star=False),
+        ]
+    elif warmup:
+        out.append(f"Only warm-up rows ({warmup}) have a time: no timing comparison.")
     memory = run.set_metric("peak_memory_mb")
     if memory:
         out += ["", "| condition | peak memory (MiB) |", "| --- | --- |"]

@@ -1,8 +1,8 @@
 """The seed doc's sub-questions, one module per study kind, answered from a run's numbers.
 
-Conditions are found by the names the seed doc uses (``none``, ``empty``,
-``skip``, ``shuffle_all`` ...) or by their variables (``hidden_layer``,
-``shift``, ``steps``). Proxy metrics are named as proxies: composition,
+Conditions are found by their recorded settings (encoding options, sampler settings,
+surgery specs, prompt transform: see ``llm_dit.report.settings``), never by their
+names. Proxy metrics are named as proxies: composition,
 coherence, "abstract" and visual smoothness need people (see ``export_ab_page``).
 """
 
@@ -17,7 +17,7 @@ from llm_dit.report.questions import (
     think_block,
     token_importance,
 )
-from llm_dit.report.questions.base import Answer, Context, Question
+from llm_dit.report.questions.base import Answer, Comparison, Context, Question
 
 QUESTIONS: dict[str, list[Question]] = {
     "hidden_layer": hidden_layer.QUESTIONS,
@@ -35,4 +35,4 @@ def answer_questions(ctx: Context) -> list[Answer]:
     return [question(ctx) for question in QUESTIONS.get(ctx.run.kind, [])]
 
 
-__all__ = ["QUESTIONS", "Answer", "Context", "Question", "answer_questions"]
+__all__ = ["QUESTIONS", "Answer", "Comparison", "Context", "Question", "answer_questions"]

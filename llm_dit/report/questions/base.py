@@ -4,6 +4,13 @@ Each study kind has its sub-questions (Q1.1 .. Q7.5 of the seed doc) in a
 module of this package; each is a function ``Context -> Answer`` that states
 the numbers the run has and says when a question needs a human A/B study (or
 data this run lacks) rather than pretending a proxy metric settles it.
+
+Conditions are chosen by their recorded settings (``llm_dit.report.settings``),
+never by their names: ``ctx.select(lambda s: s.refiner_skipped)`` finds the
+conditions that bypass the context refiner, and ``ctx.reference`` the condition
+to compare one against, i.e. the control when it differs only in the settings
+the question is about, else another condition that does. Every comparison an
+answer makes is recorded in ``Answer.comparisons`` (tests check them).
 """
 
 from __future__ import annotations
@@ -18,9 +25,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llm_dit.report.run_data import RunData, direction
-from llm_dit.report.stats import Estimate, bootstrap_mean, paired_difference
+from llm_dit.report.run_data import TIMING_METRICS, RunData, direction
+from llm_dit.report.settings import ConditionSettings
+from llm_dit.report.stats import Estimate, cluster_bootstrap_mean, paired_difference
 from llm_dit.report.tables import quality_metric
+
+Predicate = Callable[[ConditionSettings], bool]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison an answer reports: ``condition − against`` on ``metric``."""
+
+    condition: str
+    against: str
+    metric: str
+    estimate: Estimate
 
 
 @dataclass
@@ -32,6 +52,13 @@ class Answer:
     lines: list[str] = field(default_factory=list)
     needs_human: str | None = None  # why a human A/B study is needed, when it is
     answerable: bool = True  # False: this run lacks the conditions/data
+    comparisons: list[Comparison] = field(default_factory=list)
+    shown: list[str] = field(default_factory=list)  # conditions listed side by side (no pairing)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """(condition, against) of every comparison, in order, without repeats."""
+        return list(dict.fromkeys((c.condition, c.against) for c in self.comparisons))
 
     def markdown(self) -> str:
         head = f"### {self.qid}: {self.question}\n"
@@ -70,21 +97,35 @@ class Context:
         return [m for m in (self.metric(w) for w in wanted) if m]
 
     # -- conditions ---------------------------------------------------------------
-    def find(self, *candidates: str) -> str | None:
-        """First condition named like a candidate (exact, then containing it; case-insensitive)."""
-        conditions = self.run.conditions
-        for candidate in candidates:
-            for name in conditions:
-                if name.lower() == candidate.lower():
-                    return name
-        for candidate in candidates:
-            for name in conditions:
-                if candidate.lower() in name.lower():
-                    return name
-        return None
+    def settings(self, condition: str) -> ConditionSettings:
+        return self.run.settings(condition)
 
-    def find_by(self, predicate: Callable[[str, dict[str, Any]], bool]) -> list[str]:
-        return [c for c in self.run.conditions if predicate(c, self.run.variables(c))]
+    def select(self, predicate: Predicate) -> list[str]:
+        """Conditions whose recorded settings satisfy ``predicate``, in study order."""
+        return [c for c in self.run.conditions if predicate(self.settings(c))]
+
+    def reference(self, condition: str, varies: Iterable[str], predicate: Predicate) -> str | None:
+        """The condition to compare ``condition`` against.
+
+        It satisfies ``predicate`` and differs from ``condition`` only in the flat
+        settings keys ``varies`` (prefixes allowed: "encoding.", "surgery"): the
+        control when it qualifies, else the first condition that does.
+        """
+        prefixes = tuple(varies)
+        mine = self.settings(condition)
+
+        def qualifies(other: str) -> bool:
+            theirs = self.settings(other)
+            return (
+                other != condition
+                and predicate(theirs)
+                and all(key.startswith(prefixes) for key in mine.differences(theirs))
+            )
+
+        control = self.run.control
+        if control is not None and qualifies(control):
+            return control
+        return next((c for c in self.run.conditions if qualifies(c)), None)
 
     # -- comparisons --------------------------------------------------------------
     def difference(self, metric: str, condition: str, against: str, where: Callable | None = None) -> Estimate:
@@ -93,25 +134,28 @@ class Context:
         )
 
     def mean(self, metric: str, condition: str, where: Callable | None = None) -> Estimate:
-        return bootstrap_mean(list(self.run.cells(metric, condition, where).values()), self.n_boot, self.seed)
+        return cluster_bootstrap_mean(self.run.cells(metric, condition, where), self.n_boot, self.seed)
 
     def compare(
         self,
+        answer: Answer,
         condition: str,
         against: str | None = None,
         metrics: Iterable[str] | None = None,
         where: Callable | None = None,
     ) -> list[str]:
-        """One line per metric: paired difference ``condition - against`` with CI and a verdict."""
+        """Add to ``answer`` one line per metric: paired difference ``condition − against``, CI, verdict."""
         against = against or self.run.control
-        if condition == against:
+        if against is None or condition == against:
             return []
-        lines = []
+        differs = self.settings(condition).describe(self.settings(against), both=True)
+        lines = [f"{condition} vs {against}: {differs or 'the same recorded settings'}"]
         for metric in metrics if metrics is not None else self.main_metrics():
             est = self.difference(metric, condition, against, where)
             if est.n:
+                answer.comparisons.append(Comparison(condition, against, metric, est))
                 lines.append(
-                    f"`{metric}`: {condition} − {against} = {est.format(signed=True)} (n={est.n} pairs) → "
+                    f"`{metric}`: {condition} − {against} = {est.format(signed=True)} ({est.count()}, paired) → "
                     + verdict(est, metric)
                 )
         if self.image_change:
@@ -119,13 +163,14 @@ class Context:
             if change.n:
                 lines.append(
                     f"mean absolute pixel difference {condition} vs {against}: {change.format()} (0..1 scale, "
-                    f"n={change.n} pairs; 0 = identical images)"
+                    f"{change.count()}; 0 = identical images)"
                 )
         if against == self.run.control:
             lines += self.embedding_lines(condition)
         vote = self.votes.get(condition)
         if vote is not None and vote.control == against:
             lines.append(f"human preference: {vote.describe()}")
+        answer.lines += lines
         return lines
 
     def embedding_lines(self, condition: str) -> list[str]:
@@ -159,34 +204,42 @@ class Context:
     def _pixel_change(self, condition: str, against: str) -> Estimate:
         run = self.run
         if run.run_dir is None or condition == against:
-            return bootstrap_mean([])
+            return cluster_bootstrap_mean({})
         a = {(r["prompt_index"], r["seed"]): r.get("image") for r in run.rows_of(condition)}
         b = {(r["prompt_index"], r["seed"]): r.get("image") for r in run.rows_of(against)}
         keys = sorted(k for k in a if k in b and a[k] and b[k])[: self.max_image_pairs]
-        values = []
+        values = {}
         for key in keys:
             pa, pb = run.run_dir / a[key], run.run_dir / b[key]
             if pa.is_file() and pb.is_file():
-                values.append(float(np.abs(_pixels(pa) - _pixels(pb)).mean()))
-        return bootstrap_mean(values, self.n_boot, self.seed)
+                values[key] = float(np.abs(_pixels(pa) - _pixels(pb)).mean())
+        return cluster_bootstrap_mean(values, self.n_boot, self.seed)
 
-    def missing(self, answer: Answer, *names: str) -> Answer:
+    def missing(self, answer: Answer, wanted: str) -> Answer:
+        """Mark ``answer`` unanswerable: no condition with the settings it needs (``wanted``, in words)."""
         answer.answerable = False
-        answer.lines.append(f"this run has no condition named like {' / '.join(repr(n) for n in names)}")
+        answer.lines.append(f"this run has no condition {wanted}")
         return answer
 
-    def table(self, metric: str, conditions: list[str], where: Callable | None = None) -> list[str]:
-        """Lines "condition: mean [CI] (n)" for ``metric``."""
+    def table(self, answer: Answer, metric: str, conditions: list[str], where: Callable | None = None) -> list[str]:
+        """Add lines "condition: mean [CI] (images, prompts)" for ``metric`` to ``answer``."""
         out = []
         for condition in conditions:
             est = self.mean(metric, condition, where)
             if est.n:
-                out.append(f"`{metric}` {condition}: {est.format()} (n={est.n})")
+                out.append(f"`{metric}` {condition}: {est.format()} ({est.count()})")
+                answer.shown.append(condition)
+        answer.lines += out
         return out
 
 
 def verdict(est: Estimate, metric: str) -> str:
-    """Plain words for a difference: which way, and whether the CI excludes zero."""
+    """Plain words for a difference: which way, and whether the CI excludes zero.
+
+    Timing is machine-dependent: it gets a direction, never a finding.
+    """
+    if metric in TIMING_METRICS:
+        return "machine-dependent timing: not a finding"
     if not est.excludes_zero:
         return "no clear difference (CI includes 0)"
     word = "higher" if est.mean > 0 else "lower"
@@ -227,14 +280,34 @@ def token_column(ctx: Context) -> str | None:
     )
 
 
-def vs_control(qid: str, question: str, names: tuple[str, ...], human: str | None = None) -> Question:
+def vs_reference(
+    qid: str,
+    question: str,
+    wanted: str,
+    predicate: Predicate,
+    varies: tuple[str, ...],
+    reference: Predicate,
+    human: str | None = None,
+) -> Question:
+    """A question answered by comparing each condition with ``predicate`` to its reference.
+
+    ``wanted`` says in words what ``predicate`` looks for (shown when nothing matches);
+    ``varies`` and ``reference`` pick the comparison condition (see ``Context.reference``).
+    """
+
     def answer(ctx: Context) -> Answer:
         a = Answer(qid, question, needs_human=human)
-        found = [c for c in dict.fromkeys(ctx.find(n) for n in names) if c and c != ctx.run.control]
+        found = ctx.select(predicate)
         if not found:
-            return ctx.missing(a, *names)
+            return ctx.missing(a, wanted)
         for cond in found:
-            a.lines += ctx.compare(cond)
+            against = ctx.reference(cond, varies, reference)
+            if against is None:
+                a.lines.append(f"{cond}: no condition that differs from it only in {', '.join(varies)} to compare with")
+                continue
+            ctx.compare(a, cond, against)
+        if not a.comparisons and not a.lines:
+            return ctx.missing(a, wanted)
         return a
 
     return answer

@@ -5,19 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 from llm_dit.report.questions.base import Answer, Context, Question, type_is
+from llm_dit.report.settings import DEFAULT_HIDDEN_LAYER
 
-
-def _layer(ctx: Context, value: object) -> str | None:
-    found = ctx.find_by(lambda name, v: v.get("hidden_layer") == value)
-    return found[0] if found else None
+LAYER_KEYS = ("encoding.hidden_layer", "encoding.layer_combine")
 
 
 def q1_1(ctx: Context) -> Answer:
     a = Answer("Q1.1", "Does layer -1 (final) produce sharper or more abstract images?")
-    cond = _layer(ctx, -1) or ctx.find("layer=-1", "hidden_layer=-1")
-    if cond is None:
-        return ctx.missing(a, "hidden_layer=-1")
-    a.lines += ctx.compare(cond, metrics=[m for m in (ctx.metric("detail_score"), ctx.metric("clip_score")) if m])
+    found = ctx.select(lambda s: s.hidden_layer == -1)
+    if not found:
+        return ctx.missing(a, "with encoding.hidden_layer = -1")
+    metrics = [m for m in (ctx.metric("detail_score"), ctx.metric("clip_score")) if m]
+    for cond in found:
+        against = ctx.reference(cond, LAYER_KEYS, lambda s: s.hidden_layer == DEFAULT_HIDDEN_LAYER)
+        if against is None:
+            a.lines.append(f"{cond}: no condition at hidden_layer {DEFAULT_HIDDEN_LAYER} with otherwise equal settings")
+            continue
+        ctx.compare(a, cond, against, metrics=metrics)
     a.lines.append(
         "sharper = higher detail_score; a lower CLIP score at equal sharpness hints at more abstract images."
     )
@@ -28,7 +32,7 @@ def q1_1(ctx: Context) -> Answer:
 def q1_2(ctx: Context) -> Answer:
     a = Answer("Q1.2", "Is there a layer that better preserves compositional structure ('cat ON couch')?")
     if ctx.quality:
-        a.lines += ctx.table(ctx.quality, ctx.run.conditions)
+        ctx.table(a, ctx.quality, ctx.run.conditions)
     a.lines.append("CLIP scores behave like bag-of-words on relations; they rank layers only coarsely here.")
     a.needs_human = "relations (on / under / left of) need people or a VQA model checking each relation."
     return a
@@ -45,6 +49,8 @@ def q1_3(ctx: Context) -> Answer:
         where = type_is(prompt_type)
         means = {c: ctx.mean(ctx.quality, c, where) for c in ctx.run.conditions}
         means = {c: e for c, e in means.items() if e.n}
+        if not means:
+            continue
         best = max(means, key=lambda c: means[c].mean)
         overlap = [c for c, e in means.items() if c != best and e.high >= means[best].low]
         a.lines.append(
@@ -73,16 +79,15 @@ def q1_4(ctx: Context) -> Answer:
 
 def q1_5(ctx: Context) -> Answer:
     a = Answer("Q1.5", "Does combining layers (e.g. average of -1 and -2) improve results?")
-    mixes = ctx.find_by(lambda n, v: isinstance(v.get("hidden_layer"), (list, tuple)) or v.get("hidden_layer") == "all")
-    mixes += [
-        c
-        for c in ctx.run.conditions
-        if any(w in c.lower() for w in ("mix", "avg", "mean", "combine")) and c not in mixes
-    ]
+    mixes = ctx.select(lambda s: s.is_layer_mix)
     if not mixes:
-        return ctx.missing(a, "hidden_layer=[-1, -2]", "mix")
+        return ctx.missing(a, "with a layer mix (encoding.hidden_layer a list of layers or 'all')")
     for cond in mixes:
-        a.lines += ctx.compare(cond)
+        against = ctx.reference(cond, LAYER_KEYS, lambda s: not s.is_layer_mix)
+        if against is None:
+            a.lines.append(f"{cond}: no single-layer condition with otherwise equal settings")
+            continue
+        ctx.compare(a, cond, against)
     return a
 
 

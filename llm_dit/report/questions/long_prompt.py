@@ -9,6 +9,8 @@ from llm_dit.report.run_data import meta, value_of
 from llm_dit.report.stats import unpaired_difference
 from llm_dit.report.tables import compression_curves, compression_mode, compression_ratio
 
+MODE = ("encoding.long_prompt_mode",)
+
 
 def q5_1(ctx: Context) -> Answer:
     a = Answer("Q5.1", "At what compression ratio does quality noticeably degrade?")
@@ -16,11 +18,11 @@ def q5_1(ctx: Context) -> Answer:
         a.answerable = False
         return a
     for cond in ctx.run.conditions:
-        by_ratio: dict[float, list[float]] = {}
+        by_ratio: dict[float, dict[tuple[int, int], float]] = {}
         for row in ctx.run.rows_of(cond):
             value, ratio = value_of(row, ctx.quality), compression_ratio(row)
             if value is not None and ratio is not None:
-                by_ratio.setdefault(round(ratio, 3), []).append(value)
+                by_ratio.setdefault(round(ratio, 3), {})[(int(row["prompt_index"]), int(row["seed"]))] = value
         if len(by_ratio) < 2:
             continue
         ratios = sorted(by_ratio)
@@ -29,14 +31,14 @@ def q5_1(ctx: Context) -> Answer:
             (
                 r
                 for r in ratios[1:]
-                if (d := unpaired_difference(by_ratio[r], by_ratio[first], ctx.n_boot, ctx.seed)).n and d.high < 0
+                if (d := unpaired_difference(by_ratio[r], by_ratio[first], ctx.n_boot, ctx.seed)).excludes_zero and d.mean < 0
             ),
             None,
         )
-        base = float(np.mean(by_ratio[first]))
+        base = float(np.mean(list(by_ratio[first].values())))
         a.lines.append(
             f"{compression_mode(ctx.run, cond)}: `{ctx.quality}` {base:.4g} at ratio {first:g}; first ratio clearly "
-            "below that (bootstrap CI of the difference < 0): "
+            "below that (cluster-bootstrap CI of the difference < 0; different prompts, unpaired): "
             + (f"{degrade:g}" if degrade is not None else "none tested")
         )
     if not a.lines:
@@ -46,19 +48,25 @@ def q5_1(ctx: Context) -> Answer:
 
 
 def _elements_vs(qid: str, question: str, mode: str, against: str | None = None, human: str | None = None) -> Question:
-    """``mode`` against ``against`` (or every other mode) on element, prompt and detail scores."""
+    """Conditions in long_prompt_mode ``mode`` against those in mode ``against`` (or every other
+    mode), each pair differing only in the mode, on element, prompt and detail scores."""
 
     def answer(ctx: Context) -> Answer:
         a = Answer(qid, question, needs_human=human)
-        cond = ctx.find(mode)
-        others = [ctx.find(against)] if against else [c for c in ctx.run.conditions if c != cond]
-        if cond is None or None in others:
-            return ctx.missing(a, mode, *([against] if against else []))
+        found = ctx.select(lambda s: s.long_prompt_mode == mode)
+        others = ctx.select(lambda s: s.long_prompt_mode != mode and (against is None or s.long_prompt_mode == against))
+        if not found or not others:
+            wanted = f"in long_prompt_mode {mode!r}" + (f" and one in {against!r}" if against else " and one in another mode")
+            return ctx.missing(a, wanted)
         metrics = [
             m for m in (ctx.metric("clip_elements_mean"), ctx.metric("clip_score"), ctx.metric("detail_score")) if m
         ]
-        for other in others:
-            a.lines += ctx.compare(cond, against=other, metrics=metrics)
+        for cond in found:
+            for other in others:
+                if ctx.settings(cond).differences(ctx.settings(other)) <= set(MODE):
+                    ctx.compare(a, cond, against=other, metrics=metrics)
+        if not a.lines:
+            return ctx.missing(a, f"in another mode with otherwise equal settings to compare with {mode!r}")
         return a
 
     return answer
@@ -94,7 +102,7 @@ def q5_5(ctx: Context) -> Answer:
             "this run has no structured prompts (prompt_type or construction 'structured' / 'list' / 'json')"
         )
         return a
-    a.lines += ctx.table(ctx.quality, ctx.run.conditions, where)
+    ctx.table(a, ctx.quality, ctx.run.conditions, where)
     return a
 
 

@@ -4,21 +4,49 @@ from __future__ import annotations
 
 from llm_dit.report.questions.base import Answer, Context, Question, fmt, probe_metrics, token_column
 from llm_dit.report.questions.hidden_layer import q1_4
+from llm_dit.report.questions.topics import thinking_topics
+from llm_dit.report.settings import THINK_KEYS, ConditionSettings
 
 
-def _no_think(ctx: Context) -> str | None:
-    return ctx.find("none", "no_think") or ctx.run.control
+def _no_think(settings: ConditionSettings) -> bool:
+    return not settings.has_think_block
 
 
-def _vs_none(
-    qid: str, question: str, names: tuple[str, ...], human: str | None = None, probes: tuple[str, ...] = ()
+def _empty_think(settings: ConditionSettings) -> bool:
+    return settings.has_think_block and not settings.thinking_content.strip()
+
+
+def _focused_on(topic: str | None):
+    """Thinking content about ``topic`` only (None: about none of the known topics, i.e. irrelevant)."""
+
+    def predicate(settings: ConditionSettings) -> bool:
+        if not settings.thinking_content.strip():
+            return False
+        topics = thinking_topics(settings.thinking_content)
+        return topics == ({topic} if topic else set())
+
+    return predicate
+
+
+def _vs_no_think(
+    qid: str, question: str, predicate, wanted: str, human: str | None = None, probes: tuple[str, ...] = ()
 ) -> Question:
+    """Each condition matching ``predicate`` against the one without a think block (else equal settings)."""
+
     def answer(ctx: Context) -> Answer:
         a = Answer(qid, question, needs_human=human)
-        cond, base = ctx.find(*names), _no_think(ctx)
-        if cond is None or base is None or cond == base:
-            return ctx.missing(a, *names)
-        a.lines += ctx.compare(cond, against=base, metrics=ctx.main_metrics() + probe_metrics(ctx, *probes))
+        found = ctx.select(predicate)
+        if not found:
+            return ctx.missing(a, wanted)
+        for cond in found:
+            base = ctx.reference(cond, THINK_KEYS, _no_think)
+            if base is None:
+                a.lines.append(f"{cond}: no condition without a think block and otherwise equal settings")
+                continue
+            content = ctx.settings(cond).thinking_content
+            if content:
+                a.lines.append(f"{cond} thinks: {content[:80]!r}{'…' if len(content) > 80 else ''}")
+            ctx.compare(a, cond, base, metrics=ctx.main_metrics() + probe_metrics(ctx, *probes))
         return a
 
     return answer
@@ -35,6 +63,7 @@ def q2_5(ctx: Context) -> Answer:
         t, q = ctx.mean(tokens, cond), ctx.mean(ctx.quality, cond)
         if t.n and q.n:
             a.lines.append(f"{cond}: {fmt(t.mean)} tokens, `{ctx.quality}` {q.format()}")
+            a.shown.append(cond)
     return a
 
 
@@ -56,16 +85,33 @@ def q2_6(ctx: Context) -> Answer:
 
 
 QUESTIONS: list[Question] = [
-    _vs_none("Q2.1", "Does an empty think block change output vs no think block?", ("empty",)),
-    _vs_none("Q2.2", "Does quality-focused thinking improve image quality?", ("quality",), "perceived quality."),
-    _vs_none(
+    _vs_no_think(
+        "Q2.1",
+        "Does an empty think block change output vs no think block?",
+        _empty_think,
+        "with an empty think block (encoding.force_think_block without thinking_content)",
+    ),
+    _vs_no_think(
+        "Q2.2",
+        "Does quality-focused thinking improve image quality?",
+        _focused_on("quality"),
+        "whose thinking_content is about image quality only (see questions/topics.py)",
+        "perceived quality.",
+    ),
+    _vs_no_think(
         "Q2.3",
         "Does style thinking transfer style without explicit prompt mention?",
-        ("style",),
+        _focused_on("style"),
+        "whose thinking_content is about style only (see questions/topics.py)",
         "style transfer; a CLIP probe (ClipScoreCallback probes) is only a proxy.",
         ("style", "oil", "paint", "brush"),
     ),
-    _vs_none("Q2.4", "Does irrelevant thinking content degrade quality or have no effect?", ("irrelevant",)),
+    _vs_no_think(
+        "Q2.4",
+        "Does irrelevant thinking content degrade quality or have no effect?",
+        _focused_on(None),
+        "whose thinking_content is about none of quality, style or composition (see questions/topics.py)",
+    ),
     q2_5,
     q2_6,
 ]
