@@ -33,33 +33,22 @@ from llm_dit.world.scene import (
 )
 
 # Object half-size as a fraction of a grid cell (before jitter).
-HALF_SIZE = {"small": 0.25, "large": 0.39}
+HALF_SIZE = {"small": 0.29, "large": 0.39}
 POSITION_JITTER = 0.05
 SIZE_JITTER = 0.06
 HUE_JITTER = 4.0
 VALUE_JITTER = 0.04
-# Fill patterns, in fractions of the image side: stripe period 4 px at 64 px, dot lattice ~5.3 px.
+# Fill patterns, in fractions of the image side: stripe period and dot lattice 4 px at 64 px,
+# so that even a small cross (arms ~3.6 px wide at 64 px) shows several dots along its arms.
 STRIPE_PERIOD = 1.0 / 16.0
-DOT_PERIOD = 1.0 / 12.0
-DOT_RADIUS = 0.3  # of the dot period: dots cover pi * 0.3^2 = 28 % of the area, stripes 50 %
+DOT_PERIOD = 1.0 / 16.0
+DOT_RADIUS = 0.32  # of the dot period: dots cover pi * 0.32^2 = 32 % of the area, stripes 50 %
 SHADE = 0.45  # pattern colour = SHADE x object colour (same hue, darker)
 MIN_SIZE, MAX_SIZE = 32, 512
 
 _SQUARE_HALF = 0.88
-_CROSS_ARM = 0.34
+_CROSS_ARM = 0.3
 _STAR_INNER = 0.5
-
-
-def _star_vertices() -> np.ndarray:
-    angles = -math.pi / 2 + np.arange(10) * math.pi / 5
-    radii = np.where(np.arange(10) % 2 == 0, 1.0, _STAR_INNER)
-    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
-
-
-_POLYGONS = {
-    "triangle": np.array([[0.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]),
-    "star": _star_vertices(),
-}
 
 
 def _box(x: np.ndarray, y: np.ndarray, half_x: float, half_y: float) -> np.ndarray:
@@ -68,22 +57,32 @@ def _box(x: np.ndarray, y: np.ndarray, half_x: float, half_y: float) -> np.ndarr
     return outside + np.minimum(np.maximum(qx, qy), 0.0)
 
 
-def _polygon(x: np.ndarray, y: np.ndarray, vertices: np.ndarray) -> np.ndarray:
-    """Exact signed distance to a polygon (Inigo Quilez's sdPolygon), vectorised over points."""
-    x, y = np.broadcast_arrays(x, y)
-    d = (x - vertices[0, 0]) ** 2 + (y - vertices[0, 1]) ** 2
-    inside = np.zeros(x.shape, dtype=bool)
-    n = len(vertices)
-    for i in range(n):
-        vi, vj = vertices[i], vertices[i - 1]
-        ex, ey = vj[0] - vi[0], vj[1] - vi[1]
-        wx, wy = x - vi[0], y - vi[1]
-        t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0.0, 1.0)
-        bx, by = wx - ex * t, wy - ey * t
-        np.minimum(d, bx * bx + by * by, out=d)
-        c1, c2, c3 = y >= vi[1], y < vj[1], ex * wy > ey * wx
-        inside ^= (c1 & c2 & c3) | (~c1 & ~c2 & ~c3)
-    return np.where(inside, -1.0, 1.0) * np.sqrt(d)
+def _triangle(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Isosceles triangle, apex (0, -1), base y = 1, half-width 1 (Inigo Quilez's sdTriangleIsosceles)."""
+    qx, qy = 1.0, 2.0
+    px, py = np.abs(x), y + 1.0
+    t = np.clip((px * qx + py * qy) / (qx * qx + qy * qy), 0.0, 1.0)
+    ax, ay = px - qx * t, py - qy * t
+    u = np.clip(px / qx, 0.0, 1.0)
+    bx, by = px - qx * u, py - qy
+    distance = np.sqrt(np.minimum(ax * ax + ay * ay, bx * bx + by * by))
+    return distance * np.sign(np.minimum(py * qx - px * qy, qy - py)) * -1.0
+
+
+_K1 = (math.cos(math.pi / 5), -math.sin(math.pi / 5))
+_STAR_EDGE = (_STAR_INNER * math.sin(math.pi / 5), _STAR_INNER * math.cos(math.pi / 5) - 1.0)
+
+
+def _star(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Five-pointed star, outer radius 1 (point up), inner radius ``_STAR_INNER`` (iq's sdStar5 folding)."""
+    px, py = np.abs(x), -y
+    for kx in (_K1[0], -_K1[0]):  # fold the plane into one point's sector
+        d = np.maximum(kx * px + _K1[1] * py, 0.0)
+        px, py = px - 2.0 * d * kx, py - 2.0 * d * _K1[1]
+    px, py = np.abs(px), py - 1.0
+    ix, iy = _STAR_EDGE
+    h = np.clip((px * ix + py * iy) / (ix * ix + iy * iy), 0.0, 1.0)
+    return np.hypot(px - ix * h, py - iy * h) * np.sign(py * ix - px * iy)
 
 
 def shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -94,8 +93,10 @@ def shape_sdf(shape: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return _box(x, y, _SQUARE_HALF, _SQUARE_HALF)
     if shape == "cross":
         return np.minimum(_box(x, y, 1.0, _CROSS_ARM), _box(x, y, _CROSS_ARM, 1.0))
-    if shape in _POLYGONS:
-        return _polygon(x, y, _POLYGONS[shape])
+    if shape == "triangle":
+        return _triangle(x, y)
+    if shape == "star":
+        return _star(x, y)
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -110,9 +111,9 @@ def pattern_shade(style: str, dx_px: np.ndarray, dy_px: np.ndarray, size: int) -
         return np.clip(0.5 - distance, 0.0, 1.0) * np.ones_like(dx_px)
     if style == "dotted":
         period = DOT_PERIOD * size
-        # Lattice offset by half a period from the centre: a small object shows 2x2 dots, not one.
-        ox = dx_px - (np.floor(dx_px / period) + 0.5) * period
-        oy = dy_px - (np.floor(dy_px / period) + 0.5) * period
+        # One dot on the object's centre, so thin shapes (a cross's arms) always carry dots.
+        ox = dx_px - np.round(dx_px / period) * period
+        oy = dy_px - np.round(dy_px / period) * period
         return np.clip(0.5 - (np.hypot(ox, oy) - DOT_RADIUS * period), 0.0, 1.0)
     raise ValueError(f"unknown style {style!r}")
 
