@@ -195,7 +195,9 @@ def detect(image: np.ndarray) -> ImageDetections:
     pixels = image.astype(np.float32)
     height, width = pixels.shape[:2]
     cell_h, cell_w = height / GRID, width / GRID
-    chroma = pixels.max(axis=2) - pixels.min(axis=2)
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    # Channel-wise maximum / minimum: numpy's reduction over a length-3 last axis is ~10x slower.
+    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
     labels, _ = ndimage.label(chroma > CHROMA_THRESHOLD)
     min_area = MIN_AREA_FRACTION * cell_h * cell_w
     found = []
