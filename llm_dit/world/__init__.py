@@ -7,7 +7,7 @@ weights. README section "Synthetic world" shows the whole loop.
 """
 
 from llm_dit.world.captions import FORMS, PLACEMENTS, caption, caption_with_facts, long_prompt, training_caption
-from llm_dit.world.detect import Detection, ImageDetections, detect
+from llm_dit.world.detection import Detection, ImageDetections, detect
 from llm_dit.world.facts import Facts, ObjectFact, RelationFact
 from llm_dit.world.parse import expected_facts
 from llm_dit.world.render import render, render_batch

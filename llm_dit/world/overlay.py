@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from llm_dit.world.detect import ImageDetections
+from llm_dit.world.detection import ImageDetections
 
 _STYLE_MARK = {"flat": "", "striped": " str", "dotted": " dot"}
 

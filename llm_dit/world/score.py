@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llm_dit.world.detect import ImageDetections, detect
+from llm_dit.world.detection import ImageDetections, detect
 from llm_dit.world.facts import Facts, ObjectFact, RelationFact
 from llm_dit.world.parse import expected_facts
 from llm_dit.world.scene import Scene

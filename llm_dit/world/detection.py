@@ -10,22 +10,25 @@ The world is built so that this is easy and exact on rendered scenes:
 * colour: the chroma-weighted mean hue of the component on the hexagonal hue
   circle (blending with an achromatic background and the darker pattern shade
   leave the hue unchanged), nearest of ``COLOURS``;
-* shape: the component's mask against each shape's template rendered into the
-  component's bounding box (highest IoU);
-* size: bounding-box extent over the template's extent, in grid cells;
-* position: the bounding-box centre's grid cell;
-* style: inside the eroded mask, the mean shade coverage
-  ``(1 - chroma / reference chroma) / (1 - SHADE)``: 0 flat, ~0.28 dotted, 0.5 striped.
+* shape: the component's coverage map against each shape's template, fitted by
+  mass and centroid and rendered like the renderer does (highest soft IoU); a
+  region that fits no shape well (``MIN_SHAPE_IOU``) or has no single hue
+  (``MIN_HUE_CONCENTRATION``) is not an object;
+* size: bounding-box extent over the shape's extent, in grid cells;
+* position: the fitted template centre's grid cell;
+* style: inside the eroded mask, the shade ``(1 - chroma / reference chroma) /
+  (1 - SHADE)`` per pixel: mean coverage under half the dot coverage is flat;
+  otherwise striped when row means explain the shade variance and column
+  means do not (horizontal stripes), dotted when both do equally (a lattice).
 
 Thresholds sit half-way between the rendered classes (from the renderer's
-constants, not fitted to data).
+constants, not fitted to data); validation numbers are in benchmarks/NOTES.md.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -45,6 +48,11 @@ STYLE_THRESHOLDS = (0.5 * _DOTTED_COVERAGE, 0.5 * (_DOTTED_COVERAGE + 0.5))
 # a dot lattice is isotropic (0). Half-way between.
 STRIPE_ANISOTROPY = 0.5
 REFERENCE_CHROMA_PERCENTILE = 90
+# A coloured region is an object only if it looks like one shape in one colour. Clean renders
+# reach soft IoU >= 0.84 (64 px) and hue concentration ~1.0; these floors leave room for
+# imperfect generated images while colour noise (a random-weight model's output) stays out.
+MIN_SHAPE_IOU = 0.7
+MIN_HUE_CONCENTRATION = 0.9
 
 
 
@@ -65,8 +73,11 @@ class Detection:
 
 @dataclass(frozen=True)
 class ImageDetections:
+    """Objects found, the background, and how many coloured regions were not objects."""
+
     objects: tuple[Detection, ...]
     background: str
+    rejected: int = 0
 
 
 def _hue_plane(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,11 +146,14 @@ def classify_background(image: np.ndarray) -> str:
     return _BACKGROUND_NAMES[int(np.argmin(((_BACKGROUND_RGB - median) ** 2).sum(axis=1)))]
 
 
-def _colour(pixels: np.ndarray) -> str:
+def _colour(pixels: np.ndarray) -> tuple[str, float]:
+    """(nearest colour name, hue concentration): the length of the summed hue vectors over the
+    sum of their lengths, 1 for one hue (a rendered object), low for colour noise."""
     a, b = _hue_plane(pixels)
-    angle = math.atan2(float(b.sum()), float(a.sum()))
-    distance = np.abs(np.angle(np.exp(1j * (_COLOUR_ANGLES - angle))))
-    return _COLOUR_NAMES[int(np.argmin(distance))]
+    sa, sb = float(a.sum()), float(b.sum())
+    concentration = math.hypot(sa, sb) / max(float(np.hypot(a, b).sum()), 1e-9)
+    distance = np.abs(np.angle(np.exp(1j * (_COLOUR_ANGLES - math.atan2(sb, sa)))))
+    return _COLOUR_NAMES[int(np.argmin(distance))], concentration
 
 
 def reference_chroma(values: np.ndarray) -> float:
@@ -200,7 +214,7 @@ def detect(image: np.ndarray) -> ImageDetections:
     chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
     labels, _ = ndimage.label(chroma > CHROMA_THRESHOLD)
     min_area = MIN_AREA_FRACTION * cell_h * cell_w
-    found = []
+    found, rejected = [], 0
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
         if window is None:
             continue
@@ -215,6 +229,10 @@ def detect(image: np.ndarray) -> ImageDetections:
         fits = fit_shapes(alpha)
         shape = max(fits, key=lambda k: fits[k][0])
         iou, ox, oy, half_px = fits[shape]
+        colour, concentration = _colour(pixels[window][mask])
+        if iou < MIN_SHAPE_IOU or concentration < MIN_HUE_CONCENTRATION:
+            rejected += 1
+            continue
         cx, cy = x0 + ox, y0 + oy
         top, left = window[0].start, window[1].start
         bottom, right = window[0].stop, window[1].stop
@@ -229,7 +247,7 @@ def detect(image: np.ndarray) -> ImageDetections:
         found.append(
             Detection(
                 shape=shape,
-                colour=_colour(pixels[window][mask]),
+                colour=colour,
                 size="large" if half > SIZE_THRESHOLD else "small",
                 row=min(GRID - 1, max(0, int(cy // cell_h))),
                 col=min(GRID - 1, max(0, int(cx // cell_w))),
@@ -240,4 +258,4 @@ def detect(image: np.ndarray) -> ImageDetections:
             )
         )
     found.sort(key=lambda d: (d.row, d.col))
-    return ImageDetections(objects=tuple(found), background=classify_background(image))
+    return ImageDetections(objects=tuple(found), background=classify_background(image), rejected=rejected)
