@@ -236,12 +236,15 @@ def detect(image: np.ndarray) -> ImageDetections:
         cx, cy = x0 + ox, y0 + oy
         top, left = window[0].start, window[1].start
         bottom, right = window[0].stop, window[1].stop
-        # Size from the box (the mass undercounts patterned edge pixels); the box keeps
-        # pixels down to ~1/4 coverage, ~EDGE_GROWTH px beyond the shape on each side.
+        # Size: the larger of two estimates that both err low, never high. The fitted template's
+        # scale misses patterned edge pixels (their shade reads as partial coverage); the box
+        # (which keeps pixels down to ~1/4 coverage, ~EDGE_GROWTH px beyond the shape) misses
+        # the faint anti-aliased pixels of a star's thin points.
         xmin, xmax, ymin, ymax = _EXTENTS[shape]
         half = max(
             (right - left - 2 * EDGE_GROWTH) / (xmax - xmin) / cell_w,
             (bottom - top - 2 * EDGE_GROWTH) / (ymax - ymin) / cell_h,
+            half_px / math.sqrt(cell_h * cell_w),
         )
         style, coverage = _style(mask, chroma[window])
         found.append(

@@ -44,6 +44,7 @@ STRIPE_PERIOD = 1.0 / 16.0
 DOT_PERIOD = 1.0 / 16.0
 DOT_RADIUS = 0.32  # of the dot period: dots cover pi * 0.32^2 = 32 % of the area, stripes 50 %
 SHADE = 0.45  # pattern colour = SHADE x object colour (same hue, darker)
+RIM = 0.0  # px: the pattern fades in between RIM and RIM + 1 px inside the edge
 MIN_SIZE, MAX_SIZE = 32, 512
 
 _SQUARE_HALF = 0.88
@@ -168,14 +169,18 @@ def render_batch(
     dy = (y0[:, None] + offsets[None, :] - centres[:, 1:])[:, :, None]  # (K, P, 1) px
     alpha = np.empty((len(rows), patch, patch), dtype=np.float32)
     shade = np.empty((len(rows), patch, patch), dtype=np.float32)
+    rim = np.empty((len(rows), patch, patch), dtype=np.float32)
     for shape in {r[6] for r in rows}:
         k = np.array([r[6] == shape for r in rows])
         h = halves[k][:, None, None]
         distance_px = shape_sdf(shape, dx[k] / h, dy[k] / h) * h
         alpha[k] = np.minimum(np.maximum(0.5 - distance_px, 0.0), 1.0)
+        # The pattern stops ~1 px inside the edge: every edge pixel has the object's own colour,
+        # so its chroma measures its coverage (the detector's size and shape rely on that).
+        rim[k] = np.minimum(np.maximum(-distance_px - RIM, 0.0), 1.0)
     for style in {r[5] for r in rows}:
         k = np.array([r[5] == style for r in rows])
-        shade[k] = pattern_shade(style, dx[k], dy[k], size)
+        shade[k] = pattern_shade(style, dx[k], dy[k], size) * rim[k]
     colour = np.array([r[4] for r in rows], dtype=np.float32)[:, None, None, :] * (
         1.0 - np.float32(1.0 - SHADE) * shade[..., None]
     )
