@@ -19,7 +19,7 @@ What is measured:
   and a hue rotation of +-x % of the colour circle (half the images each way);
 * chance: the share of facts that hold when an image is scored against the
   caption of a random other scene (what an image unrelated to its prompt scores),
-  and, given ``--tiny-run``, the mean ``world_*`` metrics of a study run;
+  and, given ``--tiny-run``, the images of a study run rescored (mean per item);
 * speed: process CPU time (one thread) per image for ``detect`` + scoring.
 """
 
@@ -143,11 +143,24 @@ def speed(images: np.ndarray, prompts: list) -> float:
 
 
 def tiny_run_means(run: Path) -> dict:
+    """Rescore a study run's images against their original prompts (world prompts only)."""
+    from PIL import Image
+
+    from llm_dit.world.score import score_image
+
     rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if line.strip()]
-    out = {"images": sum(r.get("metric.world_all") is not None for r in rows)}
-    for name in ("all", "facts", *FACT_KINDS):
-        values = [r[f"metric.world_{name}"] for r in rows if r.get(f"metric.world_{name}") is not None]
-        out[name] = float(np.mean(values)) if values else None
+    scores = []
+    for row in rows:
+        if expected_facts(row["original_prompt"]).empty:
+            continue
+        image = np.asarray(Image.open(run / row["image"]).convert("RGB"))
+        scores.append(score_image(image, row["original_prompt"]))
+    out: dict = {"images": len(scores), "objects_detected_per_image": float(np.mean([len(s.detections.objects) for s in scores]))}
+    out["all"] = float(np.mean([bool(s.all_hold) for s in scores]))
+    out["facts"] = float(np.mean([s.fraction for s in scores]))
+    for kind in FACT_KINDS:
+        values = [v for s in scores if (v := s.by_kind()[kind]) is not None]
+        out[kind] = float(np.mean(values)) if values else None
     return out
 
 

@@ -15,8 +15,9 @@ Prompts are read from ``original_prompt`` by default: a token manipulation
 (shuffled nouns, removed adjectives) is scored on whether the image still
 shows what was asked. ``prompt: encoded`` scores against the prompt as
 encoded instead. Prompts outside the world's language state no facts and get
-no values. Chance level: an image of a random other world scene passes about
-7 % of colour-binding facts and almost never all facts (benchmarks/NOTES.md).
+no values. Chance level: ``info`` (shown in set_metrics.json and the report)
+gives each metric's chance level, the mean score of random world scenes
+against the run's own prompts (``llm_dit.world.score.chance_level``).
 
 A debug overlay (detections drawn on the image) goes to TensorBoard for the
 first ``overlay_images`` items on rank 0.
@@ -31,10 +32,10 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from callbacks.metrics import ItemMetricCallback
+from callbacks.metrics import ItemMetricCallback, gather_dict
 from llm_dit.world.metric import to_uint8_images
 from llm_dit.world.overlay import draw_detections
-from llm_dit.world.score import FACT_KINDS, SceneScore, score_image
+from llm_dit.world.score import FACT_KINDS, SceneScore, chance_level, item_values, score_image
 
 METRIC_NAMES = ["world_all", "world_facts", *(f"world_{kind}" for kind in FACT_KINDS)]
 
@@ -57,6 +58,7 @@ class SceneScoreCallback(ItemMetricCallback):
         self.overlay_images = overlay_images
         self._overlays_sent = 0
         self._last_scores: list[SceneScore] = []
+        self._chance: dict[str, dict[str, float | None]] = {}
 
     @property
     def metric_names(self) -> list[str]:
@@ -78,15 +80,25 @@ class SceneScoreCallback(ItemMetricCallback):
             text = item.original_prompt if self.prompt == "original" else item.prompt
             result = score_image(image, text)
             self._last_scores.append(result)
-            out["world_all"].append(None if result.all_hold is None else float(result.all_hold))
-            out["world_facts"].append(result.fraction)
-            for kind, value in result.by_kind().items():
-                out[f"world_{kind}"].append(value)
+            for name, value in item_values(result).items():
+                out[f"world_{name}"].append(value)
+            if text not in self._chance:
+                self._chance[text] = {f"world_{k}": v for k, v in chance_level(text).items()}
         return out
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_predict_start(trainer, pl_module)
         self._overlays_sent = 0
+        self._chance = {}
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._chance = gather_dict(self._chance)  # collective: every rank, before the summary is written
+        super().on_predict_end(trainer, pl_module)
+
+    def chance(self, metric: str) -> float | None:
+        """Chance level of ``metric`` over the run's prompts (mean over prompts that state such facts)."""
+        values = [c[metric] for c in self._chance.values() if c.get(metric) is not None]
+        return float(np.mean(values)) if values else None
 
     def on_predict_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -111,8 +123,12 @@ class SceneScoreCallback(ItemMetricCallback):
             self._overlays_sent += 1
 
     def info(self, metric: str) -> dict[str, Any]:
+        chance = self.chance(metric)
         return {
             "definition": "share of the prompt's world facts that the detected scene satisfies "
             "(world_all: every fact holds); classical detector, no weights",
             "prompt": self.prompt,
+            "chance": None if chance is None else round(chance, 4),
+            "chance_definition": "mean score of a random world scene against the run's prompts "
+            "(an image unrelated to its prompt scores this)",
         }

@@ -9,7 +9,9 @@ measurement are in benchmarks/world_eval.py (numbers in benchmarks/NOTES.md).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,7 +31,16 @@ from llm_dit.world.overlay import draw_detections
 from llm_dit.world.prompt_sets import FOLDER, expected_files
 from llm_dit.world.render import render, render_batch
 from llm_dit.world.scene import Scene, WorldObject, sample_scene
-from llm_dit.world.score import FACT_KINDS, check_facts, scene_facts, score_image, score_scene, summary
+from llm_dit.world.score import (
+    FACT_KINDS,
+    _random_scenes,
+    chance_level,
+    check_facts,
+    scene_facts,
+    score_image,
+    score_scene,
+    summary,
+)
 
 N_SCENES = 150  # per size; benchmarks/world_eval.py runs 10,000
 
@@ -203,8 +214,21 @@ def test_callback_scores_original_prompts_and_logs_overlays(tmp_path):
         assert (values["world_all"] == 1.0) == (item.prompt_index % 2 == 0)
     encoded = SceneScoreCallback(prompt="encoded")
     assert encoded.score(Batch([items[1]], torch.zeros(1, 3, 64, 64)), torch.device("cpu"))["world_all"] == [None]
+    info = json.loads((Path(logger.log_dir) / "set_metrics.json").read_text())["world_colour"]["info"]
+    prompts = {item.original_prompt for item in items}
+    assert info["chance"] == pytest.approx(np.mean([chance_level(p)["colour"] for p in prompts]), abs=1e-4)
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0}).Reload()
     assert len(events.Tags()["images"]) == 3 and all(t.startswith("world_overlay/") for t in events.Tags()["images"])
+
+
+def test_chance_level_counts_random_scenes():
+    scenes = _random_scenes(200, 0)
+    chance = chance_level("a red circle and two blue stars on a black background")
+    circles = np.mean([any(o.shape == "circle" for o in s.objects) for s in scenes])
+    stars = np.mean([any(o.shape == "star" for o in s.objects) for s in scenes])
+    assert chance["presence"] == pytest.approx((circles + stars) / 2)
+    assert chance["count"] == pytest.approx(np.mean([sum((o.colour, o.shape) == ("blue", "star") for o in s.objects) == 2 for s in scenes]))
+    assert chance["background"] == pytest.approx(np.mean([s.background == "black" for s in scenes]))
 
 
 def test_shipped_prompt_files_match_their_generator():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from llm_dit.world.detection import ImageDetections, detect
 from llm_dit.world.facts import Facts, ObjectFact, RelationFact
 from llm_dit.world.parse import expected_facts
-from llm_dit.world.scene import Scene
+from llm_dit.world.scene import Scene, sample_scene
 
 FACT_KINDS = ("presence", "count", "colour", "size", "position", "style", "relation", "background")
 
@@ -166,4 +167,32 @@ def summary(scores: Sequence[SceneScore]) -> dict[str, Any]:
         out[kind] = {"accuracy": float(np.mean(values)) if values else None, "facts": len(values)}
     flags = [s.all_hold for s in scores if s.all_hold is not None]
     out["all_hold"] = {"accuracy": float(np.mean(flags)) if flags else None, "images": len(flags)}
+    return out
+
+
+def item_values(score: SceneScore) -> dict[str, float | None]:
+    """The per-item metric values of one score: ``all``, ``facts`` and one per fact kind."""
+    values: dict[str, float | None] = {"all": None if score.all_hold is None else float(score.all_hold), "facts": score.fraction}
+    values.update(score.by_kind())
+    return values
+
+
+@lru_cache(maxsize=4)
+def _random_scenes(n: int, seed: int) -> tuple[Scene, ...]:
+    rng = np.random.default_rng(seed)
+    return tuple(sample_scene(rng) for _ in range(n))
+
+
+def chance_level(prompt: str | Facts, scenes: int = 200, seed: int = 0) -> dict[str, float | None]:
+    """Mean ``item_values`` of a prompt over random world scenes: what an image unrelated to it scores.
+
+    Exact (ground-truth scenes, no rendering), so it costs milliseconds; the
+    scene score callback reports it next to its means as the chance level.
+    """
+    facts = expected_facts(prompt) if isinstance(prompt, str) else prompt
+    rows = [item_values(SceneScore(check_facts(facts, s.objects, s.background))) for s in _random_scenes(scenes, seed)]
+    out: dict[str, float | None] = {}
+    for name in rows[0]:
+        values = [r[name] for r in rows if r[name] is not None]
+        out[name] = float(np.mean(values)) if values else None
     return out
