@@ -96,8 +96,8 @@ _BACKGROUND_RGB = np.array([BACKGROUNDS[b] for b in _BACKGROUND_NAMES], dtype=np
 
 def _shape_moments(shape: str) -> tuple[float, float, float]:
     """(area, centroid x, centroid y) of a shape in object units, on a fine grid."""
-    step = 1.0 / 400.0
-    grid = (np.arange(801) - 400) * step * 1.05
+    step = 1.0 / 200.0
+    grid = (np.arange(401) - 200) * step * 1.05
     inside = shape_sdf(shape, grid[None, :], grid[:, None]) <= 0
     ys, xs = np.nonzero(inside)
     return float(inside.sum() * (step * 1.05) ** 2), float(grid[xs].mean()), float(grid[ys].mean())
@@ -108,7 +108,7 @@ _MOMENTS = {shape: _shape_moments(shape) for shape in SHAPES}
 
 def _shape_extent(shape: str) -> tuple[float, float, float, float]:
     """(xmin, xmax, ymin, ymax) of a shape in object units, on a fine grid."""
-    grid = (np.arange(801) - 400) / 380.0
+    grid = (np.arange(401) - 200) / 190.0
     ys, xs = np.nonzero(shape_sdf(shape, grid[None, :], grid[:, None]) <= 0)
     return grid[xs.min()], grid[xs.max()], grid[ys.min()], grid[ys.max()]
 
