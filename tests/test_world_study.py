@@ -37,4 +37,6 @@ def test_refiner_study_runs_on_world_prompts(tmp_path, monkeypatch):
     summary = json.loads((run / "set_metrics.json").read_text())
     assert set(summary["world_all"]["conditions"]) == {"default", "skip"}
     cli_main(["report", str(run)])
-    assert "world_all" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "### world_all" in report
+    assert "`world_all`: " in report and "chance = " in report  # the chance level is printed with the metric
