@@ -16,9 +16,38 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from llm_dit import errors
 from llm_dit.module import ZImageModule
 
-USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+PROG = "python -m llm_dit.cli"
+SUBCOMMANDS = {
+    "predict": "generate a study's images, metrics and results table: predict --config configs/<study>.yaml",
+    "fit": "train a context-refiner style adapter: fit --config configs/refiner_style_adapter.yaml",
+    "validate": "one validation pass of a fit config (loss and sample grid), no training",
+    "test": "one test pass of a fit config",
+    "report": "write report.md for a finished run: report lightning_logs/<study name>",
+    "ab-page": "write ab_page.html, blind control-vs-condition pairs for raters: ab-page <run folder>",
+    "hook-points": "list every block list and block that surgery can target: hook-points [--weights tiny]",
+}
+HELP = "\n".join([
+    f"usage: {PROG} <subcommand> [options]",
+    "",
+    "Model-surgery and ablation studies on Z-Image-Turbo (or the embedded tiny model).",
+    "",
+    "subcommands:",
+    *(f"  {name:<12} {line}" for name, line in SUBCOMMANDS.items()),
+    "",
+    f"`{PROG} <subcommand> --help` lists a subcommand's options. Errors print one line;",
+    "set LLM_DIT_DEBUG=1 for the traceback.",
+])
+# Parse errors raise (exit_on_error=False) so `main` can print them as one line.
+PARSER_KWARGS: dict[str, Any] = {
+    "prog": PROG,
+    "exit_on_error": False,
+    **{name: {"exit_on_error": False} for name in ("fit", "validate", "test", "predict")},
+}
 
 
 class StudyCLI(LightningCLI):
@@ -89,13 +118,19 @@ def cli_main(args: list[str] | None = None) -> StudyCLI | None:
         return _hook_points(args[1:])
     if args and args[0] == "ab-page":
         return _ab_page(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP)
+        return None
+    # LightningCLI reads sys.argv itself; passing it again as `args=` only earns a warning.
+    from_argv = {} if args == sys.argv[1:] else {"args": args}
     return StudyCLI(
         ZImageModule,
         LightningDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=args,
         trainer_defaults={"enable_model_summary": False},
+        parser_kwargs=PARSER_KWARGS,
+        **from_argv,
     )
 
 
@@ -141,18 +176,23 @@ def _hook_points(args: list[str]) -> None:
     print(surgery.format_hook_points(surgery.hook_points(components.transformer)))
 
 
-def main() -> None:
+def main(args: list[str] | None = None) -> None:
+    """The console entry: bad input and known faults end in one `error:` line and exit code 2."""
+    args = list(sys.argv[1:] if args is None else args)
     try:
-        cli_main()
-    except USER_ERRORS as error:
-        if os.environ.get("LLM_DIT_DEBUG") or _run_started(error):
+        cli_main(args)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as error:
+        subcommand = args[0] if args and args[0] in SUBCOMMANDS else None
+        code = errors.report(error, started=_run_started(error), subcommand=subcommand)
+        if code is None:
             raise
-        print(f"error: {error}  (set LLM_DIT_DEBUG=1 for a traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(code) from None
 
 
 def _run_started(error: BaseException) -> bool:
-    """True when the error came from inside a running trainer (show its traceback)."""
+    """True when the error came from inside a running trainer (loading the model, generating)."""
     traceback = error.__traceback__
     while traceback is not None:
         if traceback.tb_frame.f_code.co_name in ("_run_subcommand",) and traceback.tb_next is not None:
