@@ -12,12 +12,14 @@ import os
 import sys
 from typing import Any
 
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from llm_dit import errors
+from llm_dit.models.loading import transformer_config
 from llm_dit.module import ZImageModule
+from surgery.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
 
 
 
@@ -66,6 +68,9 @@ class StudyCLI(LightningCLI):
             )
         trainer = super().instantiate_trainer(**kwargs)
         ensure_writer_last(trainer, self.subcommand)
+        study = getattr(self.datamodule, "study", None)
+        if study is not None and first_adapters(c.surgery for c in study.resolved_conditions()):
+            trainer.callbacks.insert(0, AdapterBaseCheck([c.surgery for c in study.resolved_conditions()]))
         return trainer
 
     def before_predict(self) -> None:
@@ -79,6 +84,8 @@ class StudyCLI(LightningCLI):
         study = getattr(self.datamodule, "study", None)
         if study is not None:
             self.model.validate_study(study)
+            check_adapters_fit([c.surgery for c in study.resolved_conditions()],
+                               transformer_config(self.model.hparams.weights))
 
     def predict(self, model, datamodule=None, ckpt_path=None, return_predictions=None, **_: Any) -> None:
         """Predictions go to the writer callbacks; keeping them in memory would hold every image."""
@@ -90,6 +97,16 @@ def run_name(datamodule: Any) -> str:
     if study is not None:
         return study.name
     return getattr(datamodule, "run_name", None) or "run"
+
+
+class AdapterBaseCheck(Callback):
+    """After the model loads and before the first image: every style adapter belongs to these weights."""
+
+    def __init__(self, surgery_lists: list[list[dict[str, Any]]]) -> None:
+        self.surgery_lists = surgery_lists
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        check_adapters_base(self.surgery_lists, pl_module.transformer)
 
 
 def ensure_writer_last(trainer, subcommand: str | None) -> None:

@@ -29,11 +29,13 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError
 WRAPPER_PACKAGES = ("jsonargparse", "lightning", "argparse")
 
 
-class UserError(ValueError):
-    """Bad input or a bad file found while the run is going (loading weights, an adapter, ...).
+class UserFacing:
+    """Marks an exception class as the user's to fix (a bad file, a wrong adapter), wherever it is
+    raised: even after the run has started it gets one line instead of a traceback."""
 
-    Raised after the run has started, it still gets one line instead of a traceback.
-    """
+
+class UserError(ValueError, UserFacing):
+    """Bad input or a bad file found while the run is going (loading weights, an adapter, ...)."""
 
 
 def debugging() -> bool:
@@ -58,7 +60,7 @@ def user_message(error: BaseException, started: bool) -> str | None:
         if message is not None:
             return message
     if started:
-        found = next((link for link in _chain(error) if isinstance(link, UserError)), None)
+        found = next((link for link in _chain(error) if isinstance(link, UserFacing)), None)
         return None if found is None else one_line(str(found))
     if not isinstance(error, INPUT_ERRORS) and not _is_argument_error(error):
         return None

@@ -178,3 +178,104 @@ def test_unsafe_names_write_nothing(no_model, tmp_path, capsys, extra):
     assert code == 2
     assert sorted(p for p in tmp_path.rglob("*")) == before
     assert (work / "config.yaml").read_text() == "precious: true\n"
+
+
+# ----- failures only loading can find: still one line ----------------------------------
+
+
+def export_adapter(transformer, folder: Path) -> str:
+    from llm_dit.training import AdapterConfig, TrainableAdapter
+
+    adapter = TrainableAdapter(transformer, AdapterConfig(variant="lora", rank=2))
+    path = adapter.export(folder, {"weights": "tiny"})
+    adapter.remove()
+    return str(path)
+
+
+def adapter_condition(path: str) -> list[str]:
+    return conditions({"name": "styled", "surgery": [{"variant": "style_adapter", "path": path}]})
+
+
+def test_adapter_for_a_wider_base_is_refused_from_its_header(no_model, tmp_path, capsys):
+    from diffusers import ZImageTransformer2DModel
+
+    from llm_dit.models.tiny import TINY_TRANSFORMER_CONFIG
+
+    wider = ZImageTransformer2DModel(**{**TINY_TRANSFORMER_CONFIG, "dim": 96, "n_heads": 3})
+    path = export_adapter(wider, tmp_path / "wide")
+    code, lines = run_cli(["predict", "--config", str(BASELINE), *adapter_condition(path)], capsys)
+    assert code == 2
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert path in line and "width 96" in line and "is 64" in line
+    assert not no_model
+
+
+def test_damaged_adapter_file_is_named_at_config_time(no_model, tmp_path, base_transformer, capsys):
+    path = export_adapter(base_transformer, tmp_path / "adapter")
+    tensors = Path(path) / "adapter.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-10])
+    code, lines = run_cli(["predict", "--config", str(BASELINE), *adapter_condition(path)], capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and "adapter.safetensors is not a readable .safetensors file" in line
+
+
+def test_damaged_weights_are_named_before_loading(no_model, tmp_path, capsys):
+    from llm_dit.models import build_tiny_components, export_single_files
+
+    export_single_files(build_tiny_components(seed=0), tmp_path / "weights")
+    vae = tmp_path / "weights" / "ae.safetensors"
+    vae.write_bytes(vae.read_bytes()[: vae.stat().st_size // 2])
+    code, lines = run_cli(["predict", "--config", str(BASELINE), "--model.weights", str(tmp_path / "weights")], capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and "ae.safetensors" in line and "truncated or corrupt" in line
+
+
+def test_adapter_for_other_weights_of_the_same_size_stops_before_the_first_image(tmp_path, base_transformer, capsys,
+                                                                              monkeypatch):
+    """Same shapes, other weights (tiny_seed 1): only the loaded model can tell; still one line, no image."""
+    monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
+    path = export_adapter(base_transformer, tmp_path / "adapter")
+    args = ["predict", "--config", str(BASELINE), "--trainer.default_root_dir", str(tmp_path / "runs"),
+            "--model.tiny_seed", "1", STUDY + "sampler.steps", "1", *adapter_condition(path)]
+    code, lines = run_cli(args, capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and "was made for base model" in line and path in line
+    assert not list((tmp_path / "runs").rglob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        (lambda: __import__("torch").OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB"),
+         ["out of memory", "12.00 GiB", "batch_size"]),
+        (lambda: OSError(28, "No space left on device", "/runs/images/control/p000_s42.png"),
+         ["disk full", "p000_s42.png", "re-run"]),
+        (lambda: __import__("llm_dit.models.single_file", fromlist=["x"]).CorruptCheckpointError(
+            "/w/ae.safetensors is not a readable .safetensors file"), ["/w/ae.safetensors"]),
+    ],
+    ids=["out_of_memory", "disk_full", "corrupt_at_load"],
+)
+def test_faults_while_loading_are_one_line(tmp_path, capsys, monkeypatch, fault, words):
+    monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
+    monkeypatch.delenv("LLM_DIT_DEBUG", raising=False)
+
+    def fail(*args, **kwargs):
+        raise fault()
+
+    monkeypatch.setattr("llm_dit.module.load_components", fail)
+    args = ["predict", "--config", str(BASELINE), "--trainer.default_root_dir", str(tmp_path)]
+    code, lines = run_cli(args, capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and all(word in line for word in words), line
+    monkeypatch.setenv("LLM_DIT_DEBUG", "1")
+    with pytest.raises(type(fault())):
+        main(args)
+
+
+def test_a_bug_after_the_start_keeps_its_traceback(tmp_path, monkeypatch):
+    """A ValueError from inside the run is not the user's input: it is shown as a traceback."""
+    monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
+    monkeypatch.delenv("LLM_DIT_DEBUG", raising=False)
+    monkeypatch.setattr("llm_dit.module.load_components", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        main(["predict", "--config", str(BASELINE), "--trainer.default_root_dir", str(tmp_path)])
