@@ -80,6 +80,11 @@ class StudyCLI(LightningCLI):
     def before_fit(self) -> None:
         self.started = True
 
+    def after_fit(self) -> None:
+        folder = getattr(self.model, "exported_adapter", None)
+        if folder is not None and self.trainer.is_global_zero:
+            print(adapter_message(folder))
+
     def validate_before_run(self) -> None:
         study = getattr(self.datamodule, "study", None)
         if study is not None:
@@ -90,6 +95,20 @@ class StudyCLI(LightningCLI):
     def predict(self, model, datamodule=None, ckpt_path=None, return_predictions=None, **_: Any) -> None:
         """Predictions go to the writer callbacks; keeping them in memory would hold every image."""
         self.trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+
+
+ADAPTER_PREDICT_CONFIG = "configs/refiner_style_adapter_predict.yaml"
+
+
+def adapter_message(folder: str | os.PathLike) -> str:
+    """Where `fit` wrote the adapter and how a study uses it."""
+    path = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else str(folder)
+    return "\n".join([
+        f"adapter written to {path}/ (adapter.safetensors + adapter.json)",
+        "use it in a study's conditions:",
+        f"  surgery: [{{variant: style_adapter, path: {path}, scale: 1.0}}]",
+        f"or run the shipped study on it (from this folder): {PROG} predict --config {ADAPTER_PREDICT_CONFIG}",
+    ])
 
 
 def run_name(datamodule: Any) -> str:
@@ -129,12 +148,8 @@ def ensure_writer_last(trainer, subcommand: str | None) -> None:
 
 def cli_main(args: list[str] | None = None) -> StudyCLI | None:
     args = list(sys.argv[1:] if args is None else args)
-    if args and args[0] == "report":
-        return _report(args[1:])
-    if args and args[0] == "hook-points":
-        return _hook_points(args[1:])
-    if args and args[0] == "ab-page":
-        return _ab_page(args[1:])
+    if args and args[0] in TOOLS:
+        return TOOLS[args[0]](args[1:])
     if not args or args[0] in ("-h", "--help"):
         print(HELP)
         return None
@@ -191,6 +206,10 @@ def _hook_points(args: list[str]) -> None:
     options = parser.parse_args(args)
     components = load_components(options.weights)
     print(surgery.format_hook_points(surgery.hook_points(components.transformer)))
+
+
+# Subcommands outside LightningCLI; each takes the arguments after its name.
+TOOLS = {"report": _report, "ab-page": _ab_page, "hook-points": _hook_points}
 
 
 def main(args: list[str] | None = None) -> None:

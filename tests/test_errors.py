@@ -279,3 +279,30 @@ def test_a_bug_after_the_start_keeps_its_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr("llm_dit.module.load_components", lambda *a, **k: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError, match="a bug"):
         main(["predict", "--config", str(BASELINE), "--trainer.default_root_dir", str(tmp_path)])
+
+
+# ----- the command itself -------------------------------------------------------------
+
+
+def test_help_lists_every_subcommand_once_under_its_real_name(capsys, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    from llm_dit.cli import SUBCOMMANDS, TOOLS
+
+    assert set(SUBCOMMANDS) == set(LightningCLI.subcommands()) | set(TOOLS)
+    monkeypatch.setattr("sys.argv", ["cli.py", "--help"])
+    main()
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m llm_dit.cli ") and "cli.py" not in out
+    for name in SUBCOMMANDS:
+        (line,) = [line for line in out.splitlines() if line.split()[:1] == [name]]
+        assert len(line) <= 120
+
+
+def test_subcommand_help_names_the_module_and_no_args_warning(capsys, monkeypatch, recwarn):
+    monkeypatch.setattr("sys.argv", ["cli.py", "predict", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m llm_dit.cli ")
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
