@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningDataModule
@@ -101,13 +102,23 @@ ADAPTER_PREDICT_CONFIG = "configs/refiner_style_adapter_predict.yaml"
 
 
 def adapter_message(folder: str | os.PathLike) -> str:
-    """Where `fit` wrote the adapter and how a study uses it."""
-    path = os.path.relpath(folder) if not os.path.relpath(folder).startswith("..") else str(folder)
+    """Where `fit` wrote the adapter and how a study uses it.
+
+    The shipped predict config names the adapter relative to the folder it runs from
+    (lightning_logs/<run>/adapter), so the hint says which folder that is.
+    """
+    folder = Path(folder).resolve()
+    root = folder.parents[2]  # <root>/lightning_logs/<run>/adapter
+    shown = os.path.relpath(folder) if root == Path.cwd().resolve() else str(folder)
+    config = Path(__file__).resolve().parents[1] / ADAPTER_PREDICT_CONFIG
+    here = root == Path.cwd().resolve()
+    command = f"{PROG} predict --config {ADAPTER_PREDICT_CONFIG if here and Path(ADAPTER_PREDICT_CONFIG).is_file() else config}"
+    run_from = "" if here else f"cd {root} && "
     return "\n".join([
-        f"adapter written to {path}/ (adapter.safetensors + adapter.json)",
+        f"adapter written to {shown}/ (adapter.safetensors + adapter.json)",
         "use it in a study's conditions:",
-        f"  surgery: [{{variant: style_adapter, path: {path}, scale: 1.0}}]",
-        f"or run the shipped study on it (from this folder): {PROG} predict --config {ADAPTER_PREDICT_CONFIG}",
+        f"  surgery: [{{variant: style_adapter, path: {shown}, scale: 1.0}}]",
+        f"or run the shipped adapter study on it: {run_from}{command}",
     ])
 
 

@@ -155,7 +155,8 @@ def _trim_wrapper_message(text: str) -> str:
 
 HELP_COMMAND = "python -m llm_dit.cli <subcommand> --help"
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: --?([^\s=]+)(?:[= ](.*))?")
-_EXPECTED = re.compile(r"Expected a <class '([^']+)'>\. Got value: (.*)")
+_EXPECTED = re.compile(r"Expected a (?:<class '([^']+)'>|(.+?))\. Got value: (.*)")
+_LITERAL = re.compile(r"typing\.Literal\[(.*)\]")
 
 
 def _leaf(key: str, problem: str) -> str:
@@ -168,8 +169,11 @@ def _leaf(key: str, problem: str) -> str:
         return f"unknown option {full}{given}: check its spelling"
     expected = _EXPECTED.fullmatch(problem)
     if expected:
-        kind, value = expected.groups()
-        return f"{key or 'a value'} must be {kind}, got {value!r}"
+        kind, other, value = expected.groups()
+        literal = _LITERAL.fullmatch(other or "")
+        if literal:
+            kind = "one of " + literal.group(1).replace("'", "")
+        return f"{key or 'a value'} must be {kind or other}, got {value!r}"
     return f"{key}: {problem}" if key else problem
 
 

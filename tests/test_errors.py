@@ -118,7 +118,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
 
 
 def test_the_table_covers_forty_rules():
-    assert len(CASES) >= 40
+    assert len(CASES) + len(FIT_CASES) >= 40
     assert len({case[0] for case in CASES}) == len(CASES)
 
 
@@ -134,6 +134,22 @@ def test_bad_input_is_one_error_line(no_model, tmp_path, capsys, extra, expected
         assert text in line, f"{text!r} missing from: {line}"
     for noise in ("Namespace(", "Union", "Subtypes", "Traceback", "Given value"):
         assert noise not in "\n".join(lines)
+    assert not no_model
+
+
+FIT_CASES = [
+    ("adapter_variant_unknown", ["--model.adapter.variant", "dora"], ["model.adapter", "one of lora, full, extra_blocks", "'dora'"]),
+    ("adapter_rank_zero", ["--model.adapter.rank", "0"], ["adapter.rank", "got 0"]),
+    ("fit_resolution_not_multiple_of_16", ["--data.init_args.resolution", "100"], ["resolution", "100", "nearest: 96"]),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), [case[1:] for case in FIT_CASES], ids=[case[0] for case in FIT_CASES])
+def test_bad_fit_input_is_one_error_line(no_model, tmp_path, capsys, extra, expected):
+    config = ROOT / "configs" / "refiner_style_adapter.yaml"
+    code, lines = run_cli(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), *extra], capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and all(text in line for text in expected), line
     assert not no_model
 
 

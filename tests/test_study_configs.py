@@ -254,17 +254,28 @@ def _text(prompt: str, options: EncodingOptions) -> str:
     return "".join(text for _, text in build_pieces(prompt, options))
 
 
-def test_adapter_predict_config_reads_what_fit_writes():
-    """The predict config's adapter path is where the fit config's run puts its adapter."""
-    from llm_dit.cli import ADAPTER_PREDICT_CONFIG, adapter_message
+def test_adapter_predict_config_reads_what_fit_writes(monkeypatch, tmp_path, capsys):
+    """The predict config's adapter path is where the fit config's run puts its adapter, and the
+    message `fit` ends with says so (relative when run here, with a `cd` from elsewhere)."""
+    from types import SimpleNamespace
+
+    from llm_dit.cli import ADAPTER_PREDICT_CONFIG, StudyCLI
     from llm_dit.training.hooks import ADAPTER_FOLDER
 
     fit = load(ROOT / "configs" / "refiner_style_adapter.yaml")
     written = f"lightning_logs/{fit['data']['init_args']['run_name']}/{ADAPTER_FOLDER}"
     assert adapter_paths(load(ADAPTER_CONFIG)) == {written}
     assert (ROOT / ADAPTER_PREDICT_CONFIG) == ADAPTER_CONFIG
-    message = adapter_message(Path(written))
-    assert f"path: {written}," in message and ADAPTER_PREDICT_CONFIG in message
+    monkeypatch.chdir(ROOT)
+    fitted = SimpleNamespace(model=SimpleNamespace(exported_adapter=ROOT / written),
+                             trainer=SimpleNamespace(is_global_zero=True))
+    StudyCLI.after_fit(fitted)
+    message = capsys.readouterr().out
+    assert f"adapter written to {written}/" in message and f"path: {written}," in message
+    assert f"predict --config {ADAPTER_PREDICT_CONFIG}" in message
+    monkeypatch.chdir(tmp_path)
+    StudyCLI.after_fit(fitted)
+    assert f"cd {ROOT} && python -m llm_dit.cli predict --config {ADAPTER_CONFIG}" in capsys.readouterr().out
 
 
 def test_adapter_predict_config_runs(adapter_folder, monkeypatch):
