@@ -1,9 +1,11 @@
-"""Command line: `python -m llm_dit.cli predict|fit|validate|test --config ...` plus `report` and `hook-points`.
+"""Command line: `python -m llm_dit.cli predict|fit|validate|test --config ...` plus `report`, `ab-page`
+and `hook-points` (`python -m llm_dit.cli --help` lists them).
 
 Built on LightningCLI (jsonargparse): `--print_config`, `--help` and dotted
 overrides such as `--model.init_args.weights /models/Z-Image-Turbo` or
 `--data.init_args.study.seeds [1,2]` come for free. Every run's outputs land in
-`<trainer.default_root_dir>/lightning_logs/<run name>/`.
+`<trainer.default_root_dir>/lightning_logs/<run name>/`. Bad input ends in one
+`error:` line and exit code 2 (llm_dit.errors).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from llm_dit import errors
 from llm_dit.models.loading import transformer_config
 from llm_dit.module import ZImageModule
 from surgery.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
-
-
 
 PROG = "python -m llm_dit.cli"
 SUBCOMMANDS = {
@@ -56,7 +56,7 @@ PARSER_KWARGS: dict[str, Any] = {
 class StudyCLI(LightningCLI):
     """LightningCLI that files every run under lightning_logs/<run name> and always writes results."""
 
-    started = False  # set once the run begins: errors after that are bugs, not bad input
+    started = False  # set once the run begins: errors after that are bugs unless UserFacing (llm_dit.errors)
 
     def instantiate_trainer(self, **kwargs: Any):
         config = self._get(self.config_init, "trainer", default={})
@@ -79,6 +79,12 @@ class StudyCLI(LightningCLI):
         self.started = True
 
     def before_fit(self) -> None:
+        self.started = True
+
+    def before_validate(self) -> None:
+        self.started = True
+
+    def before_test(self) -> None:
         self.started = True
 
     def after_fit(self) -> None:
