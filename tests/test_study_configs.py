@@ -77,6 +77,7 @@ def adapter_folder(tmp_path_factory) -> Path:
             parameter.add_(0.2 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
     (path,) = adapter_paths(load(ADAPTER_CONFIG))
     adapter.export(folder / path, {"weights": "tiny"})
+    adapter.remove()
     return folder
 
 
@@ -284,12 +285,16 @@ def test_adapter_predict_config_runs(adapter_folder, monkeypatch):
 
     monkeypatch.chdir(adapter_folder)
     monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
+    before = set(adapter_folder.rglob("*"))
     cli_main(["predict", "--config", str(ADAPTER_CONFIG), "--data.init_args.max_prompts", "1",
               "--data.init_args.max_seeds", "1", "--data.init_args.study.sampler.steps", "2",
               "--trainer.accelerator", "cpu", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false"])
     images = adapter_folder / "lightning_logs" / "refiner_style_adapter_predict" / "images"
     pngs = {c: (images / c / "p000_s0.png").read_bytes() for c in ("base", "adapter=0.5", "adapter=1.0", "adapter=1.5")}
     assert len(set(pngs.values())) == 4  # every strength changes the image
+    run = adapter_folder / "lightning_logs" / "refiner_style_adapter_predict"
+    outside = [p for p in set(adapter_folder.rglob("*")) - before if p != run.parent and run not in (p, *p.parents)]
+    assert not outside, f"written outside the run folder: {outside}"
 
 
 SMOKE_RECIPE = "# Smoke run (keeps every condition): --data.init_args.max_prompts 1 --data.init_args.max_seeds 1"
