@@ -3,7 +3,7 @@
 Bad input is found before any model loads and raised as ValueError (or
 FileNotFoundError / ImportError) with a message that names the field, the
 value, the rule and a fix. jsonargparse wraps such errors in its own (a Union
-subtype list and a `Namespace(...)` dump); `user_error` digs the original out
+subtype list and a `Namespace(...)` dump); `user_message` digs the original out
 of the exception chain. Some failures can only show up once the run has
 started (a corrupt checkpoint, an adapter for another base model, out of
 memory, a full disk): those are `UserError`s or recognised by kind, and get
@@ -53,7 +53,7 @@ def user_message(error: BaseException, started: bool) -> str | None:
     """The one line to show for `error`, or None when it is a bug (show the traceback).
 
     `started` says whether the run itself had begun (the model loading or generating):
-    from then on only `UserError`s and the known fault kinds count as the user's.
+    from then on only `UserFacing` errors and the known fault kinds count as the user's.
     """
     for link in _chain(error):
         message = _fault_message(link)
@@ -75,7 +75,7 @@ def _fault_message(error: BaseException) -> str | None:
         if not text.startswith("out of memory"):
             text = f"out of memory: {text}"
         return (f"{text}; lower data.init_args.batch_size or the image size, or load the model in bfloat16 "
-                "(--model.init_args.dtype bfloat16)")
+                "(--model.dtype bfloat16)")
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {error.filename}" if error.filename else ""
         return (f"disk full{where} ({os.strerror(error.errno)}): free space on that disk, then re-run the same "
@@ -102,7 +102,7 @@ def _original(error: BaseException) -> str:
     for link in chain:
         if isinstance(link, INPUT_ERRORS) and not _raised_by_wrapper(link):
             return _strip_key(link)
-    # Only wrappers (e.g. jsonargparse's own parse errors): keep their first sentence, drop the dump.
+    # Only wrappers (jsonargparse's own parse errors: a wrong type, an unknown key): condense them.
     return _trim_wrapper_message(str(chain[0]))
 
 
