@@ -150,6 +150,8 @@ def _trim_wrapper_message(text: str) -> str:
         return " ".join(text.split())
     key = ".".join(keys)
     problem = "; ".join(dict.fromkeys(_leaf(key, p) for p in problems))
+    if problem.startswith("Problems parsing config"):  # YAML syntax: the position is the fix
+        return problem.replace('in "<unicode string>", ', "at ") + "; fix the YAML there"
     return f"{problem}; `{HELP_COMMAND}` lists the valid options"
 
 

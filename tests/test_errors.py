@@ -162,6 +162,14 @@ def test_prompts_file_that_is_not_a_list(no_model, tmp_path, capsys):
     assert "prompts_file" in lines[-1] and "list of prompts" in lines[-1]
 
 
+def test_yaml_syntax_error_names_the_position(no_model, tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("data:\n  class_path: llm_dit.data.StudyDataModule\n  init_args: {study: {prompts: [a\n")
+    code, lines = run_cli(["predict", "--config", str(config)], capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and "Problems parsing config" in line and "line 3" in line and "fix the YAML" in line
+
+
 def test_missing_config_file(no_model, capsys):
     code, lines = run_cli(["predict", "--config", "/no/such/study.yaml"], capsys)
     assert code == 2
