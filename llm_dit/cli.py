@@ -10,6 +10,7 @@ overrides such as `--model.init_args.weights /models/Z-Image-Turbo` or
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -167,6 +168,10 @@ def cli_main(args: list[str] | None = None) -> StudyCLI | None:
     args = list(sys.argv[1:] if args is None else args)
     if args and args[0] in TOOLS:
         return TOOLS[args[0]](args[1:])
+    if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
+        close = difflib.get_close_matches(args[0], list(SUBCOMMANDS), n=1)
+        raise ValueError(f"unknown subcommand {args[0]!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                         f"choose one of {', '.join(SUBCOMMANDS)} (`{PROG} --help` says what each does)")
     if not args or args[0] in ("-h", "--help"):
         print(HELP)
         return None

@@ -170,6 +170,12 @@ def test_yaml_syntax_error_names_the_position(no_model, tmp_path, capsys):
     assert code == 2 and "Problems parsing config" in line and "line 3" in line and "fix the YAML" in line
 
 
+def test_unknown_subcommand(no_model, capsys):
+    code, lines = run_cli(["predcit", "--config", str(BASELINE)], capsys)
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert code == 2 and "'predcit'" in line and "did you mean 'predict'" in line and "ab-page" in line
+
+
 def test_missing_config_file(no_model, capsys):
     code, lines = run_cli(["predict", "--config", "/no/such/study.yaml"], capsys)
     assert code == 2
