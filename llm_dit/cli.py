@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from llm_dit import errors
 from llm_dit.models.loading import transformer_config
 from llm_dit.module import ZImageModule
+from llm_dit.training.adapter_files import usage
 from surgery.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
 
 PROG = "python -m llm_dit.cli"
@@ -123,8 +124,7 @@ def adapter_message(folder: str | os.PathLike) -> str:
     run_from = "" if here else f"cd {root} && "
     return "\n".join([
         f"adapter written to {shown}/ (adapter.safetensors + adapter.json)",
-        "use it in a study's conditions:",
-        f"  surgery: [{{variant: style_adapter, path: {shown}, scale: 1.0}}]",
+        usage(shown),
         f"or run the shipped adapter study on it: {run_from}{command}",
     ])
 

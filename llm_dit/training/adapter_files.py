@@ -92,6 +92,11 @@ def save_adapter(folder: str | Path, spec: AdapterSpec, tensors: dict[str, torch
     return folder
 
 
+def usage(shown_path: str) -> str:
+    """How a predict study uses an adapter at `shown_path` (printed by `fit` and by the export tool)."""
+    return f"use it in a study's conditions:\n  surgery: [{{variant: style_adapter, path: {shown_path}, scale: 1.0}}]"
+
+
 def adapter_folder(path: str | Path) -> Path:
     """The folder of an adapter given as its folder, its adapter.json or its adapter.safetensors."""
     path = Path(path).expanduser()
