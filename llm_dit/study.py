@@ -29,6 +29,8 @@ STUDY_KINDS = (
     "custom",
 )
 VARIABLE_GROUPS = ("encoding", "sampler")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0..2**64-1 (a negative seed would wrap around)
+NAME_CHARACTERS = r"A-Za-z0-9._=,+\-"  # '+' joins list values in grid names (hidden_layer=-1+-2)
 
 
 @dataclass
@@ -161,33 +163,42 @@ class Study:
         return SamplerSettings().with_overrides(self.sampler)
 
     def validate(self) -> None:
-        """Check everything that can be checked without a model; raise one-line errors."""
+        """Check everything that can be checked without a model; raise one-line errors
+        that name the field, the value, the rule and a fix."""
         if self.kind not in STUDY_KINDS:
-            raise ValueError(f"unknown study kind {self.kind!r}; choose one of {', '.join(STUDY_KINDS)}")
-        if not slug(self.name) == self.name:
-            raise ValueError(f"study name {self.name!r} must use only letters, digits, '.', '_', '-', '=' and ','")
-        if not self.seeds:
-            raise ValueError("the study has no seeds; give at least one, e.g. seeds: [42]")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds repeat: {self.seeds}")
+            raise ValueError(f"study.kind {self.kind!r} is unknown; choose one of {', '.join(STUDY_KINDS)}")
+        check_name(self.name, "study.name")
+        self._validate_seeds()
         prompts = self.resolved_prompts()
         if not prompts:
-            raise ValueError("the study has no prompts; set prompts, prompts_file or prompt_generator")
+            raise ValueError("the study has no prompts (study.prompts is empty and there is no prompts_file or "
+                             "prompt_generator); give at least one, e.g. prompts: [\"a red apple\"]")
         for index, prompt in enumerate(prompts):
             if not isinstance(prompt.text, str) or not prompt.text.strip():
-                raise ValueError(f"prompt {index} is empty")
+                raise ValueError(f"prompt {index} is empty ({prompt.text!r}); give it some text or remove it")
         conditions = self.resolved_conditions()
         names = [c.name for c in conditions]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"condition names repeat: {duplicates}")
+            raise ValueError(f"study.conditions: names repeat ({', '.join(map(repr, duplicates))}); "
+                             "give each condition its own name")
         for condition in conditions:
             self._validate_condition(condition)
 
+    def _validate_seeds(self) -> None:
+        if not self.seeds:
+            raise ValueError("study.seeds is empty; give at least one, e.g. seeds: [42]")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"study.seeds: seed {seed!r} is out of range; seeds are integers in 0..2**64-1 "
+                                 f"(0..{MAX_SEED})")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"study.seeds repeat {repeated} in {self.seeds}; list each seed once")
+
     def _validate_condition(self, condition: ConditionSpec) -> None:
+        check_name(condition.name, "condition name")
         where = f"condition {condition.name!r}"
-        if slug(condition.name) != condition.name:
-            raise ValueError(f"{where}: names may use only letters, digits, '.', '_', '-', '=' and ','")
         try:
             self.baseline_encoding().with_overrides(condition.encoding)
             self.baseline_sampler().with_overrides(condition.sampler)
@@ -199,7 +210,7 @@ class Study:
                 from llm_dit.encoding.manipulations import get_prompt_transform
 
                 get_prompt_transform(condition.prompt_transform)
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
             raise ValueError(f"{where}: {error}") from None
 
     def items(self, max_prompts: int | None = None, max_seeds: int | None = None) -> list[StudyItem]:
@@ -268,9 +279,11 @@ def grid_conditions(variables: dict[str, list[Any]]) -> list[ConditionSpec]:
     for key in keys:
         group, _, name = key.partition(".")
         if group not in VARIABLE_GROUPS or not name:
-            raise ValueError(f"variable {key!r} must look like 'sampler.<option>' or 'encoding.<option>'")
+            raise ValueError(f"study.variables key {key!r} must look like 'sampler.<option>' or "
+                             "'encoding.<option>', e.g. sampler.shift")
         if not isinstance(variables[key], list) or not variables[key]:
-            raise ValueError(f"variable {key!r} needs a non-empty list of values")
+            raise ValueError(f"study.variables[{key!r}] is {variables[key]!r}; give a non-empty list of values, "
+                             "e.g. [2.0, 3.0]")
     conditions = []
     for values in itertools.product(*(variables[k] for k in keys)):
         overrides: dict[str, dict[str, Any]] = {"encoding": {}, "sampler": {}}
@@ -291,7 +304,22 @@ def _format_value(value: Any) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    """`text` with every character a name may not hold replaced by '_'."""
+    return re.sub(f"[^{NAME_CHARACTERS}]", "_", text)
+
+
+def check_name(name: Any, what: str) -> None:
+    """Study and condition names become folder and file names: one rule keeps them inside the run folder.
+
+    Letters, digits and `-_.=,+` only (so no '/' or '\\'), not empty, no leading dot (so no
+    '.', '..' or hidden folders).
+    """
+    if not isinstance(name, str) or not name or name.startswith(".") or slug(name) != name:
+        suggestion = slug(str(name or "")).lstrip(".") or "a_name"
+        raise ValueError(
+            f"{what} {name!r} is not allowed: names become folder names, so they may use only letters, digits "
+            f"and '-_.=,+', must not be empty and must not start with '.'; e.g. {suggestion!r}"
+        )
 
 
 def _as_prompt(value: Any) -> PromptSpec:
@@ -310,7 +338,8 @@ def load_prompts_file(path: str | Path) -> list[PromptSpec]:
 
         data = yaml.safe_load(path.read_text()) if path.suffix != ".json" else json.loads(path.read_text())
         if not isinstance(data, list):
-            raise ValueError(f"{path} must hold a list of prompts")
+            raise ValueError(f"prompts_file {str(path)!r} holds a {type(data).__name__}; it must hold a list of "
+                             "prompts (strings or {text, type})")
         return [_as_prompt(entry) for entry in data]
     prompts = []
     for line in path.read_text().splitlines():
@@ -333,4 +362,7 @@ def _find_prompts_file(path: str | Path) -> Path:
         return path
     if not path.is_absolute() and (PROJECT_ROOT / path).is_file():
         return PROJECT_ROOT / path
-    raise FileNotFoundError(f"prompts_file {str(path)!r} does not exist (relative paths are tried from the working directory and {PROJECT_ROOT})")
+    raise FileNotFoundError(
+        f"prompts_file {str(path)!r} does not exist (relative paths are tried from the working directory and "
+        f"{PROJECT_ROOT}); check the path, or give prompts inline with study.prompts"
+    )

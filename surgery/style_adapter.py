@@ -18,7 +18,9 @@ transformer as the preceding specs left it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -48,9 +50,10 @@ class StyleAdapter(SurgerySpec):
             raise ValueError(f"surgery variant 'style_adapter': scale must be a finite number, got {self.scale!r}")
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"surgery variant 'style_adapter': path must be the adapter folder, got {self.path!r}")
-        from llm_dit.training.adapter_files import read_spec
+        from llm_dit.training.adapter_files import read_shapes, read_spec
 
-        read_spec(self.path)  # missing files or a foreign format fail at config time
+        read_spec(self.path)  # missing files, a foreign format or a damaged header fail at config time
+        read_shapes(self.path)
 
     def validate(self, n_blocks: int) -> None:
         from llm_dit.training.adapter_files import read_spec
@@ -65,7 +68,45 @@ class StyleAdapter(SurgerySpec):
         from llm_dit.training.fingerprint import check_adapter_base
 
         spec, tensors = load_adapter(self.path)
-        check_adapter_base(spec.base_fingerprint, spec.portable_fingerprint, transformer,
-                           f"style adapter {self.path!r}", spec.info.get("weights"))
+        check_base(self.path, spec, transformer)
         base = blocks_of(get_blocks(transformer, self.target))
         swap_blocks(transformer, self.target, applied_blocks(base, spec, tensors, float(self.scale)), registry, self.label())
+
+
+def check_base(path: str, spec: Any, transformer: nn.Module) -> None:
+    """The adapter's base fingerprint against `transformer` (untouched by other surgery), as a one-line error."""
+    from llm_dit.errors import UserError
+    from llm_dit.training.fingerprint import check_adapter_base
+
+    try:
+        check_adapter_base(spec.base_fingerprint, spec.portable_fingerprint, transformer,
+                           f"style adapter {path!r}", spec.info.get("weights"))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def first_adapters(surgery_lists: Iterable[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Paths of the style adapters listed first in a condition's surgery (those see the base transformer)."""
+    paths = []
+    for specs in surgery_lists:
+        if specs and specs[0].get("variant") == "style_adapter" and specs[0].get("path") not in paths:
+            paths.append(specs[0]["path"])
+    return paths
+
+
+def check_adapters_fit(surgery_lists: Iterable[Sequence[Mapping[str, Any]]], transformer_config: dict[str, Any] | None) -> None:
+    """Before any model loads: every style adapter's tensor shapes (safetensors header) fit the model's config."""
+    from llm_dit.training.adapter_files import check_fits
+
+    for specs in surgery_lists:
+        for spec in specs:
+            if spec.get("variant") == "style_adapter":
+                check_fits(spec["path"], transformer_config)
+
+
+def check_adapters_base(surgery_lists: Iterable[Sequence[Mapping[str, Any]]], transformer: nn.Module) -> None:
+    """Once the model is loaded and before the first image: each first-listed adapter matches its base weights."""
+    from llm_dit.training.adapter_files import read_spec
+
+    for path in first_adapters(surgery_lists):
+        check_base(path, read_spec(path), transformer)

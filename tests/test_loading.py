@@ -398,3 +398,24 @@ def test_real_sizes_infer_the_real_configs():
         sf.check_state_dict(module, back, Path("file.safetensors"), role)
         inferred = infer(back)
         assert inferred == {key: real_config[key] for key in inferred}, role
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage_header", "empty"])
+def test_damaged_safetensors_are_named_before_loading(tmp_path, single_copy, reference, damage):
+    """A cut-off download or a damaged header is found from the header alone, naming the file."""
+    from llm_dit.models.single_file import CorruptCheckpointError
+
+    path = single_copy / "ae.safetensors"
+    data = path.read_bytes()
+    damaged = {"truncate": data[: len(data) // 2], "garbage_header": b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!" + data[24:],
+               "empty": b""}[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(CorruptCheckpointError, match=r"ae\.safetensors is not a readable \.safetensors file .* truncated or corrupt"):
+        check_weights_source(str(single_copy))
+    folder = tmp_path / "diffusers"
+    for role in (*ROLES, "tokenizer", "scheduler"):
+        getattr(reference[0], role).save_pretrained(folder / role)
+    weights = next((folder / "vae").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CorruptCheckpointError, match=r"vae/.*\.safetensors is not a readable .* the file holds"):
+        check_weights_source(str(folder))

@@ -53,11 +53,45 @@ def test_every_seed_study_has_a_config():
     assert {p.stem for p in CONFIGS} >= set(SEED_STUDIES)
 
 
+ADAPTER_CONFIG = ROOT / "configs" / "refiner_style_adapter_predict.yaml"
+
+
+def adapter_paths(config: dict) -> set[str]:
+    study = config.get("data", {}).get("init_args", {}).get("study", {})
+    return {s["path"] for c in study.get("conditions", []) for s in c.get("surgery", []) if s["variant"] == "style_adapter"}
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(tmp_path_factory) -> Path:
+    """A folder holding what `fit --config configs/refiner_style_adapter.yaml` writes: the adapter
+    (exported from a TrainableAdapter on the tiny model, perturbed as training would; no training)."""
+    import torch
+
+    from llm_dit.models import build_tiny_components
+    from llm_dit.training import AdapterConfig, TrainableAdapter
+
+    folder = tmp_path_factory.mktemp("fitted")
+    adapter = TrainableAdapter(build_tiny_components(seed=0).transformer, AdapterConfig(variant="lora", rank=8))
+    with torch.no_grad():
+        for parameter in adapter.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
+    (path,) = adapter_paths(load(ADAPTER_CONFIG))
+    adapter.export(folder / path, {"weights": "tiny"})
+    adapter.remove()
+    return folder
+
+
+@pytest.fixture
+def in_config_folder(request, monkeypatch):
+    """Run from the project root, or, for a config that uses a fitted adapter, from where fit wrote it."""
+    path = request.node.callspec.params["path"]
+    monkeypatch.chdir(request.getfixturevalue("adapter_folder") if adapter_paths(load(path)) else ROOT)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_parses_with_the_cli(path, monkeypatch, capsys):
+def test_config_parses_with_the_cli(path, in_config_folder, monkeypatch, capsys):
     from llm_dit.cli import cli_main
 
-    monkeypatch.chdir(ROOT)
     monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
     subcommand = "predict" if load(path).get("data", {}).get("class_path") == STUDY_DATA else "fit"
     with pytest.raises(SystemExit) as exit_info:
@@ -78,7 +112,7 @@ def assert_conditions_survive_parsing(original: dict, printed: dict) -> None:
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if load(p).get("data", {}).get("class_path") == STUDY_DATA], ids=lambda p: p.stem)
-def test_study_config_builds_items_and_shrinks(path):
+def test_study_config_builds_items_and_shrinks(path, in_config_folder):
     from llm_dit.data import StudyDataModule
 
     config = load(path)
@@ -219,3 +253,56 @@ def test_token_importance_config(studies):
 
 def _text(prompt: str, options: EncodingOptions) -> str:
     return "".join(text for _, text in build_pieces(prompt, options))
+
+
+def test_adapter_predict_config_reads_what_fit_writes(monkeypatch, tmp_path, capsys):
+    """The predict config's adapter path is where the fit config's run puts its adapter, and the
+    message `fit` ends with says so (relative when run here, with a `cd` from elsewhere)."""
+    from types import SimpleNamespace
+
+    from llm_dit.cli import ADAPTER_PREDICT_CONFIG, StudyCLI
+    from llm_dit.training.hooks import ADAPTER_FOLDER
+
+    fit = load(ROOT / "configs" / "refiner_style_adapter.yaml")
+    written = f"lightning_logs/{fit['data']['init_args']['run_name']}/{ADAPTER_FOLDER}"
+    assert adapter_paths(load(ADAPTER_CONFIG)) == {written}
+    assert (ROOT / ADAPTER_PREDICT_CONFIG) == ADAPTER_CONFIG
+    monkeypatch.chdir(ROOT)
+    fitted = SimpleNamespace(model=SimpleNamespace(exported_adapter=ROOT / written),
+                             trainer=SimpleNamespace(is_global_zero=True))
+    StudyCLI.after_fit(fitted)
+    message = capsys.readouterr().out
+    assert f"adapter written to {written}/" in message and f"path: {written}," in message
+    assert f"predict --config {ADAPTER_PREDICT_CONFIG}" in message
+    monkeypatch.chdir(tmp_path)
+    StudyCLI.after_fit(fitted)
+    assert f"cd {ROOT} && python -m llm_dit.cli predict --config {ADAPTER_CONFIG}" in capsys.readouterr().out
+
+
+def test_adapter_predict_config_runs(adapter_folder, monkeypatch):
+    """The shipped adapter study, shrunk the way its comment says (every condition kept), on a fitted adapter."""
+    from llm_dit.cli import cli_main
+
+    monkeypatch.chdir(adapter_folder)
+    monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
+    before = set(adapter_folder.rglob("*"))
+    cli_main(["predict", "--config", str(ADAPTER_CONFIG), "--data.init_args.max_prompts", "1",
+              "--data.init_args.max_seeds", "1", "--data.init_args.study.sampler.steps", "2",
+              "--trainer.accelerator", "cpu", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false"])
+    images = adapter_folder / "lightning_logs" / "refiner_style_adapter_predict" / "images"
+    pngs = {c: (images / c / "p000_s0.png").read_bytes() for c in ("base", "adapter=0.5", "adapter=1.0", "adapter=1.5")}
+    assert len(set(pngs.values())) == 4  # every strength changes the image
+    run = adapter_folder / "lightning_logs" / "refiner_style_adapter_predict"
+    outside = [p for p in set(adapter_folder.rglob("*")) - before if p != run.parent and run not in (p, *p.parents)]
+    assert not outside, f"written outside the run folder: {outside}"
+
+
+SMOKE_RECIPE = "# Smoke run (keeps every condition): --data.init_args.max_prompts 1 --data.init_args.max_seeds 1"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if load(p).get("data", {}).get("class_path") == STUDY_DATA], ids=lambda p: p.stem)
+def test_study_config_comment_gives_the_smoke_recipe_that_keeps_every_condition(path):
+    """`limit_items N` cuts the condition-major item list: a smoke run of only control images."""
+    text = path.read_text()
+    assert SMOKE_RECIPE in text.splitlines()
+    assert "limit_items" not in text

@@ -47,23 +47,37 @@ class EncodingOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(
-                    f"{name} must be text, got {type(value).__name__} {value!r} "
+                    f"encoding.{name} must be text, got {type(value).__name__} {value!r} "
                     "(in YAML, quote text that contains ': ')"
                 )
+        if not isinstance(self.force_think_block, bool):
+            raise ValueError(f"encoding.force_think_block must be true or false, got {self.force_think_block!r}")
         if self.long_prompt_mode not in LONG_PROMPT_MODES:
             raise ValueError(
-                f"unknown long_prompt_mode {self.long_prompt_mode!r}; choose one of {', '.join(LONG_PROMPT_MODES)}"
+                f"encoding.long_prompt_mode {self.long_prompt_mode!r} is unknown; choose one of {', '.join(LONG_PROMPT_MODES)}"
             )
         if self.layer_combine not in LAYER_COMBINES:
-            raise ValueError(f"unknown layer_combine {self.layer_combine!r}; choose one of {', '.join(LAYER_COMBINES)}")
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
-        if isinstance(self.hidden_layer, list):
-            if not self.hidden_layer:
-                raise ValueError("hidden_layer list is empty; give at least one layer index")
-            object.__setattr__(self, "hidden_layer", tuple(self.hidden_layer))
-        elif isinstance(self.hidden_layer, str) and self.hidden_layer != "all":
-            raise ValueError(f"hidden_layer must be an int, a list of ints or 'all', got {self.hidden_layer!r}")
+            raise ValueError(
+                f"encoding.layer_combine {self.layer_combine!r} is unknown; choose one of {', '.join(LAYER_COMBINES)}"
+            )
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ValueError(f"encoding.max_length must be an integer >= 1, got {self.max_length!r}; diffusers uses 512")
+        self._check_hidden_layer()
+
+    def _check_hidden_layer(self) -> None:
+        forms = "an integer (e.g. -2), a non-empty list of integers (e.g. [-1, -2]) or 'all'"
+        layer = self.hidden_layer
+        if isinstance(layer, (list, tuple)):
+            if not layer:
+                raise ValueError(f"encoding.hidden_layer is an empty list; give {forms}")
+            if any(isinstance(i, bool) or not isinstance(i, int) for i in layer):
+                raise ValueError(f"encoding.hidden_layer {list(layer)!r} holds a non-integer; give {forms}")
+            object.__setattr__(self, "hidden_layer", tuple(layer))
+        elif isinstance(layer, str):
+            if layer != "all":
+                raise ValueError(f"encoding.hidden_layer {layer!r} is not a layer form; give {forms}")
+        elif isinstance(layer, bool) or not isinstance(layer, int):
+            raise ValueError(f"encoding.hidden_layer {layer!r} is not a layer form; give {forms}")
 
     @property
     def has_think_block(self) -> bool:
@@ -81,8 +95,8 @@ class EncodingOptions:
         for index in raw:
             if not -num_hidden_states <= index < num_hidden_states:
                 raise ValueError(
-                    f"hidden_layer {index} is out of range for an encoder with {num_hidden_states - 1} layers "
-                    f"(valid: {-num_hidden_states}..{num_hidden_states - 1})"
+                    f"encoding.hidden_layer {index} is out of range for an encoder with {num_hidden_states - 1} "
+                    f"layers (valid: {-num_hidden_states}..{num_hidden_states - 1}); diffusers uses -2"
                 )
             resolved.append(index % num_hidden_states)
         return resolved
@@ -101,4 +115,15 @@ def check_keys(overrides: dict[str, Any], cls: type, what: str) -> None:
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown}; valid: {sorted(valid)}")
+        hint = _closest(unknown[0], valid)
+        raise ValueError(
+            f"unknown {what} option(s) {', '.join(map(repr, unknown))}{hint}; valid: {', '.join(sorted(valid))}"
+        )
+
+
+def _closest(name: str, valid: set[str]) -> str:
+    """", did you mean 'steps'?" for a misspelling, else ''."""
+    import difflib
+
+    match = difflib.get_close_matches(name, sorted(valid), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -30,6 +30,7 @@ from llm_dit.models.single_file import (
     MissingComponentError,
     PickleCheckpointError,
     ShapeMismatchError,
+    read_safetensors_header,
     expect_role,
     identify_checkpoint,
     load_single_file,
@@ -187,6 +188,27 @@ def check_weights_source(weights: WeightsSpec, allow_pickle: bool = False) -> No
     resolve_weights(weights, allow_pickle)
 
 
+def transformer_config(weights: WeightsSpec) -> dict[str, Any] | None:
+    """The transformer's config without loading it (for checks before the model loads), or None when
+    only loading would tell (a hub id, single files without a stored config)."""
+    from llm_dit.models.single_file import read_stored_config
+    from llm_dit.models.tiny import TINY_TRANSFORMER_CONFIG
+
+    try:
+        resolved = resolve_weights(weights)
+    except (ValueError, FileNotFoundError):
+        return None
+    if resolved.kind == "tiny":
+        return dict(TINY_TRANSFORMER_CONFIG)
+    if resolved.kind == "diffusers":
+        import json
+
+        return json.loads((Path(resolved.location) / "transformer" / "config.json").read_text())
+    if resolved.kind == "single_files":
+        return read_stored_config(resolved.location.files()["transformer"]) or None
+    return None
+
+
 def _looks_like_diffusers(path: Path) -> bool:
     """vae/ alone does not count: ComfyUI's models/ folder has one too."""
     markers = (path / "model_index.json").is_file(), (path / "transformer").is_dir(), (path / "text_encoder").is_dir()
@@ -213,6 +235,8 @@ def _check_diffusers_folder(path: Path, allow_pickle: bool) -> None:
                 f"{folder} only has pickle weights ({', '.join(p.name for p in pickles)}); loading them can run "
                 f"arbitrary code. Convert them to .safetensors, or pass allow_pickle=True if you trust the source."
             )
+        for file in safetensors:  # a truncated download is named here, before anything loads
+            read_safetensors_header(file)
 
 
 # ----- loading -----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3Model
 
+from llm_dit.errors import UserFacing
 from llm_dit.models.components import ZImageComponents
 
 StateDict = dict[str, torch.Tensor]
@@ -75,20 +76,28 @@ ROLE_METADATA_KEY = "llm_dit.component"
 # ----- errors ------------------------------------------------------------------------
 
 
-class PickleCheckpointError(ValueError):
+# All are UserFacing: found while the model loads (after the run has started), they still
+# end in one line (llm_dit.errors), not a traceback.
+
+
+class PickleCheckpointError(ValueError, UserFacing):
     """A pickle checkpoint was given without `allow_pickle=True`."""
 
 
-class MissingComponentError(FileNotFoundError):
+class MissingComponentError(FileNotFoundError, UserFacing):
     """A component's file or folder is not where the weights spec says."""
 
 
-class ShapeMismatchError(ValueError):
+class ShapeMismatchError(ValueError, UserFacing):
     """A checkpoint's tensors do not fit the config the model is built from."""
 
 
-class WrongModelError(ValueError):
+class WrongModelError(ValueError, UserFacing):
     """A checkpoint belongs to another model (or another component)."""
+
+
+class CorruptCheckpointError(ValueError, UserFacing):
+    """A .safetensors file is truncated or its header is damaged."""
 
 
 # ----- reading -----------------------------------------------------------------------
@@ -103,6 +112,52 @@ def refuse_pickle(path: Path, allow_pickle: bool) -> None:
         )
 
 
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a .safetensors file, checked against the file's size.
+
+    A truncated download or a damaged file is found here, by name and before any
+    tensor loads, instead of as a deserialization traceback in the middle of a run.
+    (Flipped bytes inside the tensor data cannot be seen without a checksum.)
+    """
+    path = Path(path)
+
+    def corrupt(problem: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{path} is not a readable .safetensors file ({problem}): it is truncated or corrupt; "
+            "download or export it again"
+        )
+
+    size = path.stat().st_size
+    if size < 8:
+        raise corrupt(f"only {size} bytes")
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise corrupt(f"its header claims {length} bytes, the file has {size}")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise corrupt("its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise corrupt("its header is not a mapping")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1]):
+            raise corrupt(f"tensor {name!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    data = size - 8 - length
+    if end != data:
+        raise corrupt(f"its tensors need {end} bytes of data, the file holds {data}")
+    return header
+
+
 def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None, allow_pickle: bool = False) -> StateDict:
     """All tensors of a checkpoint on CPU, floating ones cast to `dtype` one at a time.
 
@@ -113,6 +168,7 @@ def read_checkpoint(path: str | Path, dtype: torch.dtype | None = None, allow_pi
     if not path.is_file():
         raise MissingComponentError(f"checkpoint file {path} does not exist")
     if path.suffix.lower() == ".safetensors":
+        read_safetensors_header(path)
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {key: _cast(handle.get_tensor(key), dtype) for key in handle.keys()}
     loaded = torch.load(path, map_location="cpu", weights_only=True)
@@ -124,8 +180,7 @@ def read_checkpoint_keys(path: str | Path, allow_pickle: bool = False) -> list[s
     """Tensor names only (the safetensors header), to identify a file without loading it."""
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return list(handle.keys())
+        return [key for key in read_safetensors_header(path) if key != "__metadata__"]
     return list(read_checkpoint(path, allow_pickle=allow_pickle))
 
 
@@ -134,8 +189,7 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        metadata = handle.metadata() or {}
+    metadata = read_safetensors_header(path).get("__metadata__") or {}
     return json.loads(metadata[CONFIG_METADATA_KEY]) if CONFIG_METADATA_KEY in metadata else {}
 
 

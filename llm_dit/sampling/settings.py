@@ -33,21 +33,33 @@ class SamplerSettings:
     skip_layer_guidance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if int(self.steps) != self.steps or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps}")
+        _check_number("steps", self.steps, integer=True)
+        if self.steps < 1:
+            raise ValueError(f"sampler.steps must be an integer >= 1, got {self.steps}; Turbo uses 8")
+        _check_number("shift", self.shift)
         if self.shift <= 0:
-            raise ValueError(f"shift must be > 0, got {self.shift}")
+            raise ValueError(f"sampler.shift must be > 0, got {self.shift}; Turbo uses 3.0")
+        _check_number("guidance_scale", self.guidance_scale)
         if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+            raise ValueError(f"sampler.guidance_scale must be >= 0 (0 turns CFG off), got {self.guidance_scale}")
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"sampler.negative_prompt must be text, got {self.negative_prompt!r}; quote it in YAML")
         if self.skip_layer_guidance is not None:
             import surgery
 
-            surgery.SkipLayerGuidance.from_dict(dict(self.skip_layer_guidance))
+            if not isinstance(self.skip_layer_guidance, dict):
+                raise ValueError(f"sampler.skip_layer_guidance must be a mapping like {{layers: [7, 8, 9], scale: 2.8}}, "
+                                 f"got {self.skip_layer_guidance!r}")
+            try:
+                surgery.SkipLayerGuidance.from_dict(dict(self.skip_layer_guidance))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"sampler.skip_layer_guidance: {error}") from None
         for name in ("height", "width"):
             value = getattr(self, name)
+            _check_number(name, value, integer=True)
             if value < LATENT_MULTIPLE or value % LATENT_MULTIPLE:
                 raise ValueError(
-                    f"{name} must be a positive multiple of {LATENT_MULTIPLE}, got {value} "
+                    f"sampler.{name} must be a positive multiple of {LATENT_MULTIPLE}, got {value} "
                     f"(nearest: {max(LATENT_MULTIPLE, round(value / LATENT_MULTIPLE) * LATENT_MULTIPLE)})"
                 )
 
@@ -61,3 +73,13 @@ class SamplerSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _check_number(name: str, value: Any, integer: bool = False) -> None:
+    """YAML and the command line can hand over text or booleans where a number belongs."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (integer is False and value != value):
+        if integer and isinstance(value, float) and value.is_integer():
+            return
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"sampler.{name} must be {kind}, got {value!r}")

@@ -16,12 +16,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from llm_dit.errors import UserError, UserFacing
 from llm_dit.training.config import ADAPTER_VARIANTS
 
 ADAPTER_FORMAT = "llm-dit-style-adapter"
 FORMAT_VERSION = 1
 SPEC_NAME = "adapter.json"
 TENSORS_NAME = "adapter.safetensors"
+
+
+class MissingAdapterError(FileNotFoundError, UserFacing):
+    """The adapter folder (or one of its two files) is not there."""
 
 
 @dataclass
@@ -87,13 +92,18 @@ def save_adapter(folder: str | Path, spec: AdapterSpec, tensors: dict[str, torch
     return folder
 
 
+def usage(shown_path: str) -> str:
+    """How a predict study uses an adapter at `shown_path` (printed by `fit` and by the export tool)."""
+    return f"use it in a study's conditions:\n  surgery: [{{variant: style_adapter, path: {shown_path}, scale: 1.0}}]"
+
+
 def adapter_folder(path: str | Path) -> Path:
     """The folder of an adapter given as its folder, its adapter.json or its adapter.safetensors."""
     path = Path(path).expanduser()
     folder = path.parent if path.suffix in (".json", ".safetensors") else path
     missing = [name for name in (SPEC_NAME, TENSORS_NAME) if not (folder / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingAdapterError(
             f"style adapter {str(path)!r}: missing {', '.join(missing)} in {folder}; give the folder a fit wrote "
             "(lightning_logs/<run>/adapter)"
         )
@@ -113,9 +123,54 @@ def read_spec(path: str | Path) -> AdapterSpec:
     try:
         return AdapterSpec.from_dict(json.loads((folder / SPEC_NAME).read_text()))
     except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise ValueError(f"style adapter {folder / SPEC_NAME}: {error}") from None
+        raise UserError(f"style adapter {folder / SPEC_NAME}: {error}; give the folder a fit wrote") from None
+
+
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the safetensors header alone: a damaged file fails here, naming it."""
+    from llm_dit.models.single_file import read_safetensors_header
+
+    header = read_safetensors_header(adapter_folder(path) / TENSORS_NAME)
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+
+
+def adapter_width(shapes: dict[str, tuple[int, ...]]) -> int | None:
+    """The width (`dim`) of the transformer an adapter was made for, read from its tensor shapes.
+
+    Every variant holds a tensor that reads the block's input: LoRA's `lora_A` of an
+    attention projection (rank x dim), or the projection itself (dim x dim).
+    """
+    for name, shape in sorted(shapes.items()):
+        if ".attention.to_" in name and name.endswith(("lora_A.weight", "to_q.weight", "to_k.weight", "to_v.weight")):
+            return int(shape[-1])
+    return None
+
+
+def check_fits(path: str | Path, transformer_config: dict[str, Any] | None) -> None:
+    """Refuse an adapter whose shapes cannot belong to a transformer with this config, before it loads.
+
+    Catches an adapter for another base model of another size; one for other weights of
+    the same size is caught by its fingerprint when it is applied.
+    """
+    if not transformer_config:
+        return
+    spec, width = read_spec(path), adapter_width(read_shapes(path))
+    dim, blocks = transformer_config.get("dim"), transformer_config.get("n_refiner_layers", 2)
+    made_with = f" (it was trained on weights {spec.info['weights']!r})" if spec.info.get("weights") else ""
+    if width is not None and dim is not None and width != int(dim):
+        raise UserError(
+            f"style adapter {str(path)!r} was made for a transformer of width {width}{made_with}, but this model's "
+            f"is {dim}: it belongs to another base model; use it with the weights it was trained on, or fit one "
+            "for these weights"
+        )
+    if spec.base_blocks != int(blocks):
+        raise UserError(
+            f"style adapter {str(path)!r} was made for a context refiner of {spec.base_blocks} blocks{made_with}, "
+            f"this model has {blocks}: use it with the weights it was trained on"
+        )
 
 
 @lru_cache(maxsize=4)
 def _load_cached(folder: str, stamp: tuple[int, int]) -> tuple[AdapterSpec, dict[str, torch.Tensor]]:
+    read_shapes(folder)  # a damaged file is named, not a deserialization traceback
     return read_spec(folder), load_file(str(Path(folder) / TENSORS_NAME))

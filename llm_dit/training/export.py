@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from llm_dit.training.adapter_files import usage
 from llm_dit.training.adapters import export_checkpoint
 
 
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="a .ckpt written by `fit` with a model.adapter")
     parser.add_argument("folder", help="where to write adapter.safetensors + adapter.json")
     options = parser.parse_args(argv)
-    print(f"wrote {export_checkpoint(options.checkpoint, options.folder)}")
+    folder = export_checkpoint(options.checkpoint, options.folder)
+    print(f"wrote {folder}/ (adapter.safetensors + adapter.json)\n{usage(str(folder))}")
 
 
 if __name__ == "__main__":
