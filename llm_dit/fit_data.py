@@ -198,6 +198,21 @@ def examples_from_tensors(tensors: dict[str, torch.Tensor], count: int) -> Cache
 # ----- the datamodule -----------------------------------------------------------------
 
 
+def _zstripe(folder: Path, resolution: int, seed: int) -> None:
+    from llm_dit.training.synthetic_style import write_synthetic_style
+
+    write_synthetic_style(folder, count=16, size=max(64, resolution), seed=seed)
+
+
+def _world_striped(folder: Path, resolution: int, seed: int) -> None:
+    from llm_dit.world_model.style_data import write_world_style_dataset
+
+    write_world_style_dataset(folder, count=256, size=resolution, seed=seed, style="striped")
+
+
+SYNTHETIC_DATASETS = {False: None, True: _zstripe, "zstripe": _zstripe, "world_striped": _world_striped}
+
+
 class ImageCaptionDataModule(L.LightningDataModule):
     """Captioned images for `fit`, served as cached latents + caption features.
 
@@ -211,8 +226,10 @@ class ImageCaptionDataModule(L.LightningDataModule):
         cache_dir: where the latent/caption cache lives (default: <run folder>/cache).
         val_examples: examples (from the start of the folder) in the fixed validation loss.
         run_name: the run folder under lightning_logs/.
-        synthesize_if_missing: create the synthetic style dataset (llm_dit.training.synthetic_style)
-            when `folder` does not exist, so a config runs from a fresh clone.
+        synthesize_if_missing: when `folder` does not exist, write a synthetic dataset there so a
+            config runs from a fresh clone: true / "zstripe" (llm_dit.training.synthetic_style: 16
+            images in one palette), "world_striped" (llm_dit.world_model.style_data: 256 world
+            scenes whose objects are all striped, captions that never say so).
         num_workers: DataLoader workers (the data is in memory: 0 is usually best).
         seed: shuffling seed.
     """
@@ -227,7 +244,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         val_examples: int = 2,
         run_name: str = "style_adapter",
-        synthesize_if_missing: bool = False,
+        synthesize_if_missing: bool | str = False,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -240,6 +257,8 @@ class ImageCaptionDataModule(L.LightningDataModule):
         self.folder, self.resolution, self.captions_file = Path(folder).expanduser(), resolution, captions_file
         self.batch_size, self.val_examples, self.num_workers, self.seed = batch_size, val_examples, num_workers, seed
         self.encoding_options = EncodingOptions().with_overrides(encoding or {})
+        if synthesize_if_missing not in SYNTHETIC_DATASETS:
+            raise ValueError(f"synthesize_if_missing must be one of {list(SYNTHETIC_DATASETS)}, got {synthesize_if_missing!r}")
         self.cache_dir, self.run_name, self.synthesize_if_missing = cache_dir, run_name, synthesize_if_missing
         self.examples: list[Example] | None = None
         self.dataset: CachedExamples | None = None
@@ -249,9 +268,7 @@ class ImageCaptionDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if not self.folder.exists() and self.synthesize_if_missing:
-            from llm_dit.training.synthetic_style import write_synthetic_style
-
-            write_synthetic_style(self.folder, count=16, size=max(64, self.resolution), seed=self.seed)
+            SYNTHETIC_DATASETS[self.synthesize_if_missing](self.folder, self.resolution, self.seed)
 
     def setup(self, stage: str) -> None:
         if self.examples is None:
