@@ -269,6 +269,7 @@ class ZImageModule(L.LightningModule):
         if sampler.uses_cfg:
             negative_encoding = self.encode([sampler.negative_prompt], first.encoding)[0]
             negative = [negative_encoding.embeddings.to(device=device, dtype=self.transformer.dtype)] * len(items)
+        caption_lengths = [len(c) for c in cap_feats + (negative or [])]  # rows of a transformer call
         latents = initial_noise([item.seed for item in items], sampler.height, sampler.width).to(device)
         scheduler = make_scheduler(self.components.scheduler, sampler.steps, sampler.shift, device)
         slg = None
@@ -289,7 +290,7 @@ class ZImageModule(L.LightningModule):
                 row_keys=self._row_keys(items) if self.step_cache is not None else None,
             )
             if recorder is not None:
-                extras["refiner_drift"] = _drift_rows(recorder, len(items))
+                extras["refiner_drift"] = _drift_rows(recorder, caption_lengths, len(items))
         images = decode_latents(self.vae, latents).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -343,9 +344,12 @@ class ZImageModule(L.LightningModule):
         training.export_adapter(self)
 
 
-def _drift_rows(recorder: Any, batch_size: int) -> list[list[float]]:
-    """Per-item per-layer mean cosine similarity (first recorded call: step 0, positive branch)."""
-    drift = surgery.embedding_drift(recorder)
+def _drift_rows(recorder: Any, caption_lengths: list[int], batch_size: int) -> list[list[float]]:
+    """Per-item per-layer mean cosine similarity over the caption's own rows (not Z-Image's
+    learned pad tokens, which fill each caption up to a multiple of 32), from the first
+    recorded call (step 0; its first `batch_size` rows are the positive captions). A call
+    that length grouping split into sub-batches is put back together by row."""
+    drift = surgery.embedding_drift(recorder, lengths=caption_lengths)
     return [[float(v) for v in drift[i]] for i in range(batch_size)]
 
 
