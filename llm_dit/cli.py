@@ -50,6 +50,9 @@ class StudyCLI(LightningCLI):
         study = getattr(self.datamodule, "study", None)
         if study is not None:
             self.model.validate_study(study)
+        for callback in self.trainer.callbacks:  # metric weights that were set must load (one-line error)
+            if callable(getattr(callback, "check_before_run", None)):
+                callback.check_before_run()
 
     def predict(self, model, datamodule=None, ckpt_path=None, return_predictions=None, **_: Any) -> None:
         """Predictions go to the writer callbacks; keeping them in memory would hold every image."""
