@@ -19,6 +19,7 @@ from PIL import Image
 
 import surgery
 from llm_dit.accel.compile import compile_parts
+from llm_dit.encoding.cache import EmbeddingCache, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.models.components import ZImageComponents
@@ -108,7 +109,7 @@ class ZImageModule(L.LightningModule):
         self.save_hyperparameters()
         self.components: ZImageComponents | None = None
         self.encoder: ZImageTextEncoder | None = None
-        self.embedding_cache: dict[tuple[str, EncodingOptions], EncodedPrompt] = {}
+        self.embedding_cache = EmbeddingCache()  # on the CPU; entries leave after their last planned use
         self.finished_items: dict[str, Path] = {}
         self.step_cache: StepCache | None = None
         training.init_training(self, adapter, objective, validation_prompts, validation_seeds, validation_sampler)
@@ -171,12 +172,16 @@ class ZImageModule(L.LightningModule):
 
     def encode(self, prompts: list[str], options: EncodingOptions) -> list[EncodedPrompt]:
         """Encode with a cache keyed by (prompt, options): conditions that share
-        encoding (seeds, sampler sweeps, surgery) encode each prompt once."""
-        missing = list(dict.fromkeys(p for p in prompts if (p, options) not in self.embedding_cache))
+        encoding (seeds, sampler sweeps, surgery) encode each prompt once. Results
+        live on the CPU (`generate` moves a batch's captions to the device)."""
+        unique = list(dict.fromkeys(prompts))
+        found = {p: self.embedding_cache[(p, options)] for p in unique if (p, options) in self.embedding_cache}
+        missing = [p for p in unique if p not in found]
         if missing:
             for prompt, encoded in zip(missing, self.encoder.encode(missing, options)):
-                self.embedding_cache[(prompt, options)] = encoded
-        return [self.embedding_cache[(p, options)] for p in prompts]
+                found[prompt] = to_cpu(encoded)
+                self.embedding_cache[(prompt, options)] = found[prompt]
+        return [found[p] for p in prompts]
 
     def pre_encode(self, items: list[StudyItem]) -> None:
         """Fill the embedding cache for `items` (their prompts, and negatives where CFG is on)."""
@@ -206,6 +211,7 @@ class ZImageModule(L.LightningModule):
         items = getattr(self.trainer.datamodule, "items", None)
         if items is not None:
             self.plan_shared_steps(items)
+            self.embedding_cache.plan(self._items_of_this_process(items))
         if not self.hparams.free_encoder_after_encoding:
             return
         if items is None:
@@ -215,6 +221,23 @@ class ZImageModule(L.LightningModule):
 
     def on_predict_end(self) -> None:
         self.step_cache = None
+        self.embedding_cache.end_plan()
+
+    def _items_of_this_process(self, items: list[StudyItem]) -> list[StudyItem]:
+        """The items this rank's predict loader will serve (under DDP its sampler holds a share of
+        the batches); all of `items` when the loader is not a study's batch list."""
+        loaders = getattr(self.trainer, "predict_dataloaders", None)
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        dataset, sampler = getattr(loader, "dataset", None), getattr(loader, "sampler", None)
+        if dataset is None or sampler is None:
+            return items
+        try:
+            batches = [dataset[index] for index in sampler]
+        except (TypeError, IndexError, KeyError):
+            return items
+        if not all(isinstance(b, list) and all(isinstance(i, StudyItem) for i in b) for b in batches):
+            return items
+        return [item for batch in batches for item in batch]
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Study items hold no tensors (they are frozen dataclasses): nothing to move."""
@@ -238,6 +261,7 @@ class ZImageModule(L.LightningModule):
                 embeddings.append(encodings[todo_index].embeddings.detach().float().cpu())
                 encoding_list.append(encodings[todo_index])
                 todo_index += 1
+        self.embedding_cache.release(batch)  # drop encodings no pending item needs
         per_item_extras = {key: _spread(values, resumed) for key, values in extras.items()}
         return GeneratedBatch(
             items=list(batch),
