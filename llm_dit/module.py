@@ -1,7 +1,8 @@
 """ZImageModule: encoder, context refiner + DiT and VAE as one LightningModule.
 
 `predict_step` turns a batch of study items (one condition each batch) into
-images: encode (cached per prompt x encoding condition) -> surgery-wrapped
+images: encode (cached per prompt x encoding condition, on the CPU, until the
+prompt's last pending item: llm_dit.encoding.cache) -> surgery-wrapped
 transformer -> Euler sampler -> VAE. Items already written by an earlier run are
 read back from disk instead, so callbacks see every item after a resume.
 """
@@ -45,7 +46,8 @@ class ZImageModule(L.LightningModule):
         dtype: weights dtype: float32 | bfloat16 | float16.
         tiny_seed: seed of the tiny preset's random weights.
         cache_refiner: reuse the context refiner's output across steps (bit-identical).
-        record_refiner_drift: probe the context refiner and report per-layer token drift.
+        record_refiner_drift: probe the context refiner and report per-layer token drift (mean
+            cosine of each caption row before vs after the block, at the first step; pad rows excluded).
         progress: show a per-step progress bar inside each batch.
         encoder_padding: "none" encodes each prompt unpadded (no wasted work, and a
             prompt's features never depend on its batch-mates); "diffusers" pads the
