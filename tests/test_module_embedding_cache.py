@@ -110,7 +110,10 @@ def test_without_a_plan_entries_stay_and_live_on_the_cpu():
     stored = cache[("a", EncodingOptions())]
     assert Recorded.moved and type(stored.embeddings) is torch.Tensor and torch.equal(stored.embeddings, embeddings)
     cache.release([])  # no plan: a no-op
-    assert len(cache) == 1
+    cache.plan([])  # a predict run after it: what was cached without a plan (validation prompts) stays
+    cache[("b", EncodingOptions())] = encoded  # ... but nothing the plan does not need is added
+    cache.end_plan()
+    assert list(cache) == [("a", EncodingOptions())]
 
 
 def test_under_ddp_the_plan_is_this_ranks_share():

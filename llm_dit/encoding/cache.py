@@ -40,10 +40,9 @@ class EmbeddingCache:
         self._uses: Counter[Key] | None = None  # pending uses per key; None = no plan
 
     def plan(self, items: Iterable) -> None:
-        """The items still to come (in any order): each entry is kept until they have all been released."""
+        """The items still to come (in any order): their entries are kept until they have all been
+        released. Entries made before, without a plan (training's validation prompts), stay."""
         self._uses = Counter(key for item in items for key in item_keys(item))
-        for key in [k for k in self._entries if self._uses[k] <= 0]:
-            del self._entries[key]
 
     def release(self, items: Iterable) -> None:
         """`items` are done: drop the entries no pending item needs (only under a plan)."""
@@ -56,14 +55,8 @@ class EmbeddingCache:
                     self._entries.pop(key, None)
 
     def end_plan(self) -> None:
-        """Back to keeping every entry (and drop what the finished plan left)."""
-        if self._uses is not None:
-            self._entries = {k: v for k, v in self._entries.items() if self._uses[k] > 0}
+        """Back to keeping every new entry (the plan's own entries left as their items finished)."""
         self._uses = None
-
-    def pending(self) -> set[Key]:
-        """Keys that planned items still need (empty without a plan)."""
-        return {key for key, count in (self._uses or {}).items() if count > 0}
 
     def __setitem__(self, key: Key, encoded: EncodedPrompt) -> None:
         if self._uses is not None and self._uses[key] <= 0:
