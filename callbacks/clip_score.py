@@ -25,8 +25,10 @@ random, so such numbers can never pass for real ones):
   transfer, Q2.3 / Q7.2 / Q7.3).
 
 Weights: ``pretrained`` is a local checkpoint file or, when online, an
-open_clip tag ("openai", "laion2b_s34b_b79k"). Without usable weights the
-callback warns once and scores nothing: it never invents a number.
+open_clip tag ("openai", "laion2b_s34b_b79k"). Unset, the callback warns once
+and scores nothing (it never invents a number). Set, they load before the run
+(``check_before_run``), and weights that are missing or do not load stop it before
+the model loads with a one-line ``MetricWeightsError`` (callbacks.weights).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from callbacks.metrics import ItemMetricCallback
+from callbacks.weights import weights_error
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -93,6 +96,15 @@ class ClipScoreCallback(ItemMetricCallback):
         return [name + self.suffix for name in base]
 
     # -- loading -------------------------------------------------------------
+    def check_before_run(self) -> None:
+        """Load set weights now (the CLI calls this before the run, `setup` before the model
+        loads): weights that were set but do not load raise MetricWeightsError."""
+        self.enabled()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self.check_before_run()
+
     def enabled(self) -> bool:
         if self._status is None:
             self._status = self._load()
@@ -101,28 +113,33 @@ class ClipScoreCallback(ItemMetricCallback):
         return self._status == "ok"
 
     def _load(self) -> str:
+        """"ok", or the reason to skip when no weights are set; raises MetricWeightsError when
+        the weights that are set cannot be loaded."""
         import open_clip
 
-        hint = (
-            f"CLIP score skipped: set ClipScoreCallback(pretrained=...) to a local open_clip checkpoint for "
-            f"{self.model_name!r} (e.g. open_clip_pytorch_model.bin), or to an open_clip tag such as 'openai' when "
-            "online"
-        )
         if not self.random_init_for_tests and not self.pretrained:
-            return hint + " (pretrained is not set)."
+            return (
+                f"CLIP score skipped: set ClipScoreCallback(pretrained=...) to a local open_clip checkpoint for "
+                f"{self.model_name!r} (e.g. open_clip_pytorch_model.bin), or to an open_clip tag such as 'openai' "
+                "when online (pretrained is not set)."
+            )
+        fix = (f"set it to a local open_clip checkpoint of {self.model_name!r}, an open_clip tag when online, "
+               "or null to skip CLIP score")
         looks_like_file = bool(self.pretrained) and (
             os.sep in self.pretrained or self.pretrained.endswith((".bin", ".pt", ".pth", ".safetensors"))
         )
         if looks_like_file and not os.path.isfile(self.pretrained):
-            return hint + f" (file not found: {self.pretrained})."
+            raise weights_error("CLIP score", "pretrained", self.pretrained, "file not found", fix)
+        weights = None if self.random_init_for_tests else self.pretrained
         try:
-            weights = None if self.random_init_for_tests else self.pretrained
             with torch.random.fork_rng(devices=[]):  # random init: identical on every rank and run
                 torch.manual_seed(0)
                 self._model = open_clip.create_model(self.model_name, pretrained=weights).eval().requires_grad_(False)
             self._tokenizer = open_clip.get_tokenizer(self.model_name)
-        except Exception as error:  # any loading failure must skip the metric, not the run
-            return hint + f" (loading failed: {type(error).__name__}: {error})."
+        except Exception as error:
+            if weights is None:
+                raise  # the random test model must build: a failure here is a bug, not a config mistake
+            raise weights_error("CLIP score", "pretrained", self.pretrained, error, fix) from error
         return "ok"
 
     def prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -15,6 +15,10 @@ resizing. FID is biased and noisy below a few thousand images per condition
 (the default warning threshold is 2048): with 50 images per condition, read it
 as a rough ranking at best.
 
+Unset ``reference_dir`` or ``weights`` skip FID with one warning. Set ones that
+are unusable (no such folder, a file that does not load) stop the run before the
+model loads (``check_before_run``) with a one-line ``MetricWeightsError``.
+
 Reference images are split over ranks (file i goes to rank i % world size)
 and their statistics summed, so each rank reads only its share.
 """
@@ -42,6 +46,7 @@ from callbacks.metrics import (
     to_uint8,
     update_set_metrics,
 )
+from callbacks.weights import weights_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -161,19 +166,37 @@ class FidCallback(Callback):
         self._skip_reason: str | None = None
         self._n_reference = 0
 
+    def check_before_run(self) -> None:
+        """Load set weights now (the CLI calls this before the run, `setup` before the model
+        loads): a reference_dir or weights that were set but are unusable raise MetricWeightsError."""
+        self._skip_reason = self._build()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self.check_before_run()
+
     def _build(self) -> str | None:
-        """The reason to skip, or None once the extractor is ready."""
+        """The reason to skip (reference images or weights not set), or None once the extractor
+        is ready; raises MetricWeightsError when the weights that are set cannot be loaded."""
+        if self._extractor is not None:
+            return None
         hint = "FID skipped: "
-        if not self.reference_dir or not Path(self.reference_dir).is_dir():
-            return hint + f"set FidCallback(reference_dir=...) to a folder of real images (got {self.reference_dir!r})."
+        if not self.reference_dir:
+            return hint + "set FidCallback(reference_dir=...) to a folder of real images (reference_dir is not set)."
+        if not Path(self.reference_dir).is_dir():
+            raise weights_error("FID", "reference_dir", self.reference_dir, "not a folder",
+                                "set it to a folder of real images, or null to skip FID")
         if self.random_init_for_tests:
             self._extractor = RandomFeatureNet()
             return None
-        if not self.weights or not Path(self.weights).is_file():
+        if not self.weights:
             return hint + (
                 "set FidCallback(weights=...) to the FID Inception weights file "
-                f"pt_inception-2015-12-05-6726825d.pth (got {self.weights!r})."
+                "pt_inception-2015-12-05-6726825d.pth (weights is not set)."
             )
+        fix = "set it to the FID Inception file pt_inception-2015-12-05-6726825d.pth, or null to skip FID"
+        if not Path(self.weights).is_file():
+            raise weights_error("FID", "weights", self.weights, "file not found", fix)
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -182,12 +205,10 @@ class FidCallback(Callback):
                 features_list=[str(self.feature)],
                 feature_extractor_weights_path=self.weights,
             )
-        except Exception as error:  # missing torch-fidelity or a bad file: skip, never fail the run
-            return (
-                hint
-                + f"could not load the Inception network ({type(error).__name__}: {error}); "
-                + "`pip install torch-fidelity`."
-            )
+        except ImportError as error:
+            raise weights_error("FID", "weights", self.weights, error, "`pip install torch-fidelity`") from error
+        except Exception as error:
+            raise weights_error("FID", "weights", self.weights, error, fix) from error
         return None
 
     def _features(self, images: Tensor) -> Tensor:
@@ -197,7 +218,7 @@ class FidCallback(Callback):
     @torch.no_grad()
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._summary, self._condition_names, self._metric = None, {}, None
-        self._skip_reason = self._build()
+        self._skip_reason = self._build()  # already built by setup: returns the same answer
         if self._skip_reason:
             rank_zero_warn(self._skip_reason)
             return

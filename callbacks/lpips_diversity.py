@@ -10,7 +10,10 @@ scored after the sync. Memory: 3 x 256 x 256 bytes per image (~0.2 MB).
 Network: torchmetrics' LPIPS (linear heads ship with torchmetrics) on a
 torchvision backbone whose ImageNet weights must be local: ``backbone_weights``
 (a torchvision state-dict file, e.g. alexnet-owt-7be5be79.pth), or the file
-already in torch's hub cache. LPIPS expects inputs in [-1, 1]: images in
+already in torch's hub cache. Unset and not cached, LPIPS is skipped with one
+warning; a ``backbone_weights`` file that is set but missing or does not load stops
+the run before the model loads (``check_before_run``) with a one-line
+``MetricWeightsError`` (callbacks.weights). LPIPS expects inputs in [-1, 1]: images in
 [0, 1] are mapped with ``2x - 1``.
 """
 
@@ -27,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from callbacks.metrics import KeyedImages, compute_quietly, gather_dict, item_keys, run_dir_of, update_set_metrics
+from callbacks.weights import weights_error
 
 _TORCHVISION = {
     "alex": ("alexnet", "AlexNet_Weights"),
@@ -108,26 +112,48 @@ class LpipsDiversityCallback(Callback):
         self._images: KeyedImages | None = None
         self._condition_names: dict[int, str] = {}
         self._summary: dict[str, dict[str, Any]] | None = None
+        self._skip_reason: str | None = None
+
+    def check_before_run(self) -> None:
+        """Load set weights now (the CLI calls this before the run, `setup` before the model
+        loads): backbone_weights that were set but do not load raise MetricWeightsError."""
+        if self._model is None:
+            self._skip_reason = self._load()
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "predict":
+            self.check_before_run()
 
     def _load(self) -> str | None:
-        weights = None if self.random_init_for_tests else (self.backbone_weights or cached_backbone(self.net))
-        if not self.random_init_for_tests and (not weights or not Path(weights).is_file()):
+        """The reason to skip (no usable weights set or cached), or None once the model is built;
+        raises MetricWeightsError when the backbone_weights that were set do not load."""
+        if self.random_init_for_tests:
+            self._model = build_lpips(self.net, None, True)
+            return None
+        weights = self.backbone_weights or cached_backbone(self.net)
+        arch = _TORCHVISION[self.net][0]
+        if not weights:
             return (
-                "LPIPS diversity skipped: set LpipsDiversityCallback(backbone_weights=...) to the torchvision "
-                f"{_TORCHVISION[self.net][0]} ImageNet state-dict file (got {self.backbone_weights!r}; "
-                "none in torch's hub cache either)."
+                f"LPIPS diversity skipped: set LpipsDiversityCallback(backbone_weights=...) to the torchvision "
+                f"{arch} ImageNet state-dict file (backbone_weights is not set; none in torch's hub cache either)."
             )
+        fix = f"set backbone_weights to the torchvision {arch} ImageNet state-dict file, or null to skip LPIPS"
+        if not Path(weights).is_file():
+            raise weights_error("LPIPS diversity", "backbone_weights", weights, "file not found", fix)
         try:
-            self._model = build_lpips(self.net, weights, self.random_init_for_tests)
-        except Exception as error:  # a bad file skips the metric, not the run
-            return f"LPIPS diversity skipped: could not load {weights!r} ({type(error).__name__}: {error})."
+            self._model = build_lpips(self.net, weights, False)
+        except Exception as error:
+            if not self.backbone_weights:  # not set: a stale file in the hub cache only skips the metric
+                return f"LPIPS diversity skipped: the cached backbone {weights!r} does not load ({type(error).__name__})."
+            raise weights_error("LPIPS diversity", "backbone_weights", weights, error, fix) from error
         return None
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._summary, self._condition_names, self._images = None, {}, None
-        reason = self._load() if self._model is None else None
-        if reason:
-            rank_zero_warn(reason)
+        if self._model is None:
+            self.check_before_run()
+        if self._model is None:
+            rank_zero_warn(self._skip_reason)
             return
         self._model.to(pl_module.device)
         self._images = KeyedImages(self.resolution).to(pl_module.device)

@@ -100,6 +100,9 @@ class StudyCLI(LightningCLI):
             self.model.validate_study(study)
             check_adapters_fit([c.surgery for c in study.resolved_conditions()],
                                transformer_config(self.model.hparams.weights))
+        for callback in self.trainer.callbacks:  # metric weights that were set must load (one-line error)
+            if callable(getattr(callback, "check_before_run", None)):
+                callback.check_before_run()
 
     def predict(self, model, datamodule=None, ckpt_path=None, return_predictions=None, **_: Any) -> None:
         """Predictions go to the writer callbacks; keeping them in memory would hold every image."""

@@ -1,7 +1,8 @@
 """ZImageModule: encoder, context refiner + DiT and VAE as one LightningModule.
 
 `predict_step` turns a batch of study items (one condition each batch) into
-images: encode (cached per prompt x encoding condition) -> surgery-wrapped
+images: encode (cached per prompt x encoding condition, on the CPU, until the
+prompt's last pending item: llm_dit.encoding.cache) -> surgery-wrapped
 transformer -> Euler sampler -> VAE. Items already written by an earlier run are
 read back from disk instead, so callbacks see every item after a resume.
 """
@@ -19,6 +20,7 @@ from PIL import Image
 
 import surgery
 from llm_dit.accel.compile import compile_parts
+from llm_dit.encoding.cache import EmbeddingCache, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.models.components import ZImageComponents
@@ -44,7 +46,8 @@ class ZImageModule(L.LightningModule):
         dtype: weights dtype: float32 | bfloat16 | float16.
         tiny_seed: seed of the tiny preset's random weights.
         cache_refiner: reuse the context refiner's output across steps (bit-identical).
-        record_refiner_drift: probe the context refiner and report per-layer token drift.
+        record_refiner_drift: probe the context refiner and report per-layer token drift (mean
+            cosine of each caption row before vs after the block, at the first step; pad rows excluded).
         progress: show a per-step progress bar inside each batch.
         encoder_padding: "none" encodes each prompt unpadded (no wasted work, and a
             prompt's features never depend on its batch-mates); "diffusers" pads the
@@ -108,7 +111,7 @@ class ZImageModule(L.LightningModule):
         self.save_hyperparameters()
         self.components: ZImageComponents | None = None
         self.encoder: ZImageTextEncoder | None = None
-        self.embedding_cache: dict[tuple[str, EncodingOptions], EncodedPrompt] = {}
+        self.embedding_cache = EmbeddingCache()  # on the CPU; entries leave after their last planned use
         self.finished_items: dict[str, Path] = {}
         self.step_cache: StepCache | None = None
         training.init_training(self, adapter, objective, validation_prompts, validation_seeds, validation_sampler)
@@ -171,12 +174,16 @@ class ZImageModule(L.LightningModule):
 
     def encode(self, prompts: list[str], options: EncodingOptions) -> list[EncodedPrompt]:
         """Encode with a cache keyed by (prompt, options): conditions that share
-        encoding (seeds, sampler sweeps, surgery) encode each prompt once."""
-        missing = list(dict.fromkeys(p for p in prompts if (p, options) not in self.embedding_cache))
+        encoding (seeds, sampler sweeps, surgery) encode each prompt once. Results
+        live on the CPU (`generate` moves a batch's captions to the device)."""
+        unique = list(dict.fromkeys(prompts))
+        found = {p: self.embedding_cache[(p, options)] for p in unique if (p, options) in self.embedding_cache}
+        missing = [p for p in unique if p not in found]
         if missing:
             for prompt, encoded in zip(missing, self.encoder.encode(missing, options)):
-                self.embedding_cache[(prompt, options)] = encoded
-        return [self.embedding_cache[(p, options)] for p in prompts]
+                found[prompt] = to_cpu(encoded)
+                self.embedding_cache[(prompt, options)] = found[prompt]
+        return [found[p] for p in prompts]
 
     def pre_encode(self, items: list[StudyItem]) -> None:
         """Fill the embedding cache for `items` (their prompts, and negatives where CFG is on)."""
@@ -206,6 +213,7 @@ class ZImageModule(L.LightningModule):
         items = getattr(self.trainer.datamodule, "items", None)
         if items is not None:
             self.plan_shared_steps(items)
+            self.embedding_cache.plan(self._items_of_this_process(items))
         if not self.hparams.free_encoder_after_encoding:
             return
         if items is None:
@@ -215,6 +223,23 @@ class ZImageModule(L.LightningModule):
 
     def on_predict_end(self) -> None:
         self.step_cache = None
+        self.embedding_cache.end_plan()
+
+    def _items_of_this_process(self, items: list[StudyItem]) -> list[StudyItem]:
+        """The items this rank's predict loader will serve (under DDP its sampler holds a share of
+        the batches); all of `items` when the loader is not a study's batch list."""
+        loaders = getattr(self.trainer, "predict_dataloaders", None)
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        dataset, sampler = getattr(loader, "dataset", None), getattr(loader, "sampler", None)
+        if dataset is None or sampler is None:
+            return items
+        try:
+            batches = [dataset[index] for index in sampler]
+        except (TypeError, IndexError, KeyError):
+            return items
+        if not all(isinstance(b, list) and all(isinstance(i, StudyItem) for i in b) for b in batches):
+            return items
+        return [item for batch in batches for item in batch]
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Study items hold no tensors (they are frozen dataclasses): nothing to move."""
@@ -238,6 +263,7 @@ class ZImageModule(L.LightningModule):
                 embeddings.append(encodings[todo_index].embeddings.detach().float().cpu())
                 encoding_list.append(encodings[todo_index])
                 todo_index += 1
+        self.embedding_cache.release(batch)  # drop encodings no pending item needs
         per_item_extras = {key: _spread(values, resumed) for key, values in extras.items()}
         return GeneratedBatch(
             items=list(batch),
@@ -269,6 +295,7 @@ class ZImageModule(L.LightningModule):
         if sampler.uses_cfg:
             negative_encoding = self.encode([sampler.negative_prompt], first.encoding)[0]
             negative = [negative_encoding.embeddings.to(device=device, dtype=self.transformer.dtype)] * len(items)
+        caption_lengths = [len(c) for c in cap_feats + (negative or [])]  # rows of a transformer call
         latents = initial_noise([item.seed for item in items], sampler.height, sampler.width).to(device)
         scheduler = make_scheduler(self.components.scheduler, sampler.steps, sampler.shift, device)
         slg = None
@@ -289,7 +316,7 @@ class ZImageModule(L.LightningModule):
                 row_keys=self._row_keys(items) if self.step_cache is not None else None,
             )
             if recorder is not None:
-                extras["refiner_drift"] = _drift_rows(recorder, len(items))
+                extras["refiner_drift"] = _drift_rows(recorder, caption_lengths, len(items))
         images = decode_latents(self.vae, latents).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -343,9 +370,12 @@ class ZImageModule(L.LightningModule):
         training.export_adapter(self)
 
 
-def _drift_rows(recorder: Any, batch_size: int) -> list[list[float]]:
-    """Per-item per-layer mean cosine similarity (first recorded call: step 0, positive branch)."""
-    drift = surgery.embedding_drift(recorder)
+def _drift_rows(recorder: Any, caption_lengths: list[int], batch_size: int) -> list[list[float]]:
+    """Per-item per-layer mean cosine similarity over the caption's own rows (not Z-Image's
+    learned pad tokens, which fill each caption up to a multiple of 32), from the first
+    recorded call (step 0; its first `batch_size` rows are the positive captions). A call
+    that length grouping split into sub-batches is put back together by row."""
+    drift = surgery.embedding_drift(recorder, lengths=caption_lengths)
     return [[float(v) for v in drift[i]] for i in range(batch_size)]
 
 

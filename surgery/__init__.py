@@ -19,7 +19,16 @@ from surgery.context import SurgeryHandle, apply
 from surgery.discover import HookPoint, format_hook_points, hook_points
 from surgery.guidance import SkipLayerGuidance, skip_layers_context
 from surgery.hooks import HookRegistry, count_live_hooks, live_hooks
-from surgery.probes import BlockIO, BlockIORecorder, EmbeddingDrift, embedding_drift, record_block_io, token_cosine
+from surgery.probes import (
+    BlockIO,
+    BlockIORecorder,
+    EmbeddingDrift,
+    embedding_drift,
+    record_block_io,
+    sub_batch,
+    sub_batch_rows,
+    token_cosine,
+)
 from surgery.spec import VARIANTS, SurgerySpec, parse_specs, register_variant, validate_specs, variant_names
 from surgery.targets import TARGETS, block_counts
 from surgery.variants import BlockBypass, BlockDuplicate, BlockIdentityInit, BlockSkip, BlockSkipLayers, BlockTruncate
@@ -55,6 +64,8 @@ __all__ = [
     "record_block_io",
     "register_variant",
     "skip_layers_context",
+    "sub_batch",
+    "sub_batch_rows",
     "token_cosine",
     "validate_specs",
     "variant_names",

@@ -23,31 +23,90 @@ from surgery.targets import blocks_of, get_blocks
 
 @dataclass
 class BlockIO:
-    """One block's call: hidden states in and out, and the batch mask (True = real row)."""
+    """One block's call: hidden states in and out, and the batch mask (True = real row).
+
+    `call` counts the calls of the recorded transformer (from 0); `rows` are the rows of
+    that call this record holds, in order (None: all of them), for a wrapper that runs a
+    call as sub-batches (length grouping) and marks them with `sub_batch`.
+    """
 
     index: int
     input: torch.Tensor
     output: torch.Tensor
     mask: torch.Tensor | None
+    call: int = 0
+    rows: tuple[int, ...] | None = None
+
+
+_SUB_BATCH = "_surgery_sub_batch_rows"
+
+
+@contextmanager
+def sub_batch(module: nn.Module, rows: Sequence[int]) -> Iterator[None]:
+    """Mark what runs inside as rows `rows` of `module`'s current call.
+
+    For wrappers that split one call of `module` into several forwards (the
+    sub-forwards bypass `module.__call__`, so they are one call for its hooks):
+    probes then put each record's rows back at their places in the whole batch.
+    """
+    previous = module.__dict__.get(_SUB_BATCH)
+    module.__dict__[_SUB_BATCH] = tuple(int(r) for r in rows)
+    try:
+        yield
+    finally:
+        if previous is None:
+            module.__dict__.pop(_SUB_BATCH, None)
+        else:
+            module.__dict__[_SUB_BATCH] = previous
+
+
+def sub_batch_rows(module: nn.Module) -> tuple[int, ...] | None:
+    """The rows of the current call that `module` is running now (None: the whole call)."""
+    return module.__dict__.get(_SUB_BATCH)
 
 
 class BlockIORecorder:
     """The records of one `record_block_io` context, in call order.
 
-    Each transformer call runs every position of the list once, so records come
-    in groups of `n_blocks`: `calls()[k][i]` is block i of the k-th call that
-    ran the blocks (a refiner cache hit runs none and records none).
+    Every pass over the block list records `n_blocks` records (`runs()`). A call of
+    the recorded module runs the list once, or once per sub-batch when a wrapper
+    splits the call (length grouping); `calls()` groups the runs by call. A refiner
+    cache hit runs no blocks and records nothing.
     """
 
-    def __init__(self, target: str, n_blocks: int, device: torch.device | str | None) -> None:
+    def __init__(self, target: str, n_blocks: int, device: torch.device | str | None, root: nn.Module | None = None) -> None:
         self.target = target
         self.n_blocks = n_blocks
         self.device = device
+        self.root = root
         self.records: list[BlockIO] = []
+        self.call_sizes: list[int | None] = []  # batch size of each call of `root`
 
-    def calls(self) -> list[list[BlockIO]]:
+    def runs(self) -> list[list[BlockIO]]:
+        """Each pass over the block list: `runs()[k][i]` is block i of the k-th pass."""
         n = self.n_blocks
         return [self.records[k : k + n] for k in range(0, len(self.records) - n + 1, n)]
+
+    def calls(self) -> list[list[list[BlockIO]]]:
+        """The runs of each call of the recorded module that ran the blocks, in call order:
+        `calls()[k]` holds one run, or one per sub-batch of a split call."""
+        grouped: dict[int, list[list[BlockIO]]] = {}
+        for run in self.runs():
+            grouped.setdefault(run[0].call, []).append(run)
+        return list(grouped.values())
+
+    def call_size(self, call: int) -> int | None:
+        """How many rows the `call`-th call of the recorded module had (None if unknown)."""
+        return self.call_sizes[call] if 0 <= call < len(self.call_sizes) else None
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A new call of the recorded module: later records belong to it."""
+        x = args[0] if args else kwargs.get("x", kwargs.get("hidden_states"))
+        if isinstance(x, (list, tuple)):
+            size = len(x)
+        else:
+            size = x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else None
+        self.call_sizes.append(size)
 
     def hook(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
         # Skip gradient-checkpointing recomputes (they run inside backward) so a
@@ -57,7 +116,9 @@ class BlockIORecorder:
         x = args[0] if args else kwargs["x"]
         mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
         index = len(self.records) % self.n_blocks
-        self.records.append(BlockIO(index, self._keep(x), self._keep(output), self._keep(mask)))
+        call = max(len(self.call_sizes) - 1, 0)
+        rows = sub_batch_rows(self.root) if self.root is not None else None
+        self.records.append(BlockIO(index, self._keep(x), self._keep(output), self._keep(mask), call, rows))
 
     def _keep(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None:
@@ -75,11 +136,13 @@ def record_block_io(
     `device="cpu"` moves records off the accelerator (the real refiner's are
     B x L x 3840 per block). Enter it after structural surgery to see the
     blocks that actually run; a shared block (duplicate) is recorded at each of
-    its positions.
+    its positions. A pre-hook on `transformer` numbers its calls, so a call split
+    into sub-batches (see `sub_batch`) is still one call.
     """
     blocks = blocks_of(get_blocks(transformer, target))
-    recorder = BlockIORecorder(target, len(blocks), device)
+    recorder = BlockIORecorder(target, len(blocks), device, root=transformer)
     with HookRegistry(f"record_block_io:{target}") as registry:
+        registry.add_forward_pre_hook(transformer, recorder.pre_hook, name="calls", with_kwargs=True)
         seen: set[int] = set()
         for position, block in enumerate(blocks):
             if id(block) in seen:  # shared duplicate: one hook fires at both positions
@@ -138,17 +201,39 @@ class EmbeddingDrift:
 
 
 def embedding_drift(recorder: BlockIORecorder, call: int = 0, lengths: Sequence[int] | None = None) -> EmbeddingDrift:
-    """Drift of the `call`-th recorded transformer call (0: the first step; with CFG the
-    batch is [positive..., negative...]). `lengths`: see `token_cosine`."""
+    """Drift of every row of the `call`-th recorded transformer call (0: the first step; with
+    CFG the batch is [positive..., negative...]).
+
+    A call split into sub-batches (length grouping) is put back together by the rows each
+    sub-batch ran. `lengths`: one per row of the call, the caption tokens to count in each
+    row (see `token_cosine`; the context refiner's rows past a caption's length are Z-Image's
+    learned pad tokens). Without them every unmasked row counts.
+    """
     calls = recorder.calls()
     if not calls:
         raise ValueError(f"no {recorder.target} call was recorded; run the transformer inside record_block_io")
     if not -len(calls) <= call < len(calls):
         raise ValueError(f"call {call} out of range; {len(calls)} calls were recorded")
-    records = calls[call]
-    per_block = torch.stack([token_cosine(r.input, r.output, r.mask, lengths) for r in records], dim=1)
-    end_to_end = token_cosine(records[0].input, records[-1].output, records[0].mask, lengths)
-    return EmbeddingDrift(per_block, end_to_end, [f"{recorder.target}.{r.index}" for r in records])
+    runs = calls[call]
+    placed = [(run, run[0].rows if run[0].rows is not None else tuple(range(run[0].input.shape[0]))) for run in runs]
+    size = recorder.call_size(runs[0][0].call) or 1 + max(max(rows) for _, rows in placed)
+    if lengths is not None and len(lengths) != size:
+        raise ValueError(f"lengths has {len(lengths)} values; the recorded call has {size} rows (give one per row)")
+    names = [f"{recorder.target}.{r.index}" for r in runs[0]]
+    per_block = torch.full((size, len(names)), float("nan"))
+    end_to_end = torch.full((size,), float("nan"))
+    for run, rows in placed:
+        run_lengths = None if lengths is None else [lengths[r] for r in rows]
+        index = torch.tensor(rows)
+        per_block[index] = torch.stack([token_cosine(r.input, r.output, r.mask, run_lengths).cpu() for r in run], dim=1)
+        end_to_end[index] = token_cosine(run[0].input, run[-1].output, run[0].mask, run_lengths).cpu()
+    missing = [i for i in range(size) if torch.isnan(end_to_end[i])]
+    if missing:
+        raise ValueError(
+            f"rows {missing} of call {call} ran no {recorder.target} blocks (served by the refiner cache?); "
+            "record with a fresh cache or read another call"
+        )
+    return EmbeddingDrift(per_block, end_to_end, names)
 
 
 def _in_backward() -> bool:

@@ -4,7 +4,9 @@ All networks here are RANDOM-INIT stand-ins (no weights can be downloaded):
 their numbers are meaningless and the metrics carry a ``_random_init`` label.
 What is tested is the plumbing: per-item values reach ``GeneratedBatch.metrics``,
 per-condition numbers are synced across ranks, files and TensorBoard events are
-written, and missing weights skip a metric with one warning instead of failing.
+written, unset weights skip a metric with one warning, and weights that were set
+but do not load stop the run before the model loads. CLIP score is checked against
+open_clip's own preprocessing on the same random-init model.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from callbacks.fid import ConditionFID, FidCallback, RandomFeatureNet
 from callbacks.lpips_diversity import LpipsDiversityCallback, seed_pairs
 from callbacks.metrics import ConditionValues, KeyedImages, compute_quietly, summarize
 from callbacks.tensorboard_review import TensorBoardReview
+from callbacks.weights import MetricWeightsError
 from callbacks.timing import TimingCallback
 
 TINY_CLIP = "llmdit-test-tiny-clip"  # random-init test architecture, registered below
@@ -397,10 +400,68 @@ def test_missing_weights_skip_with_one_clear_warning(tmp_path, monkeypatch):
     assert set(sets) == {"detail_score"}
 
 
-def test_clip_reports_a_missing_weights_file(tmp_path):
-    callback = ClipScoreCallback("ViT-B-32", pretrained=str(tmp_path / "nope.bin"))
-    with pytest.warns(UserWarning, match="file not found"):
-        assert not callback.enabled()
+class ModelMustNotLoad(FakeGenerator):
+    """Fails the test if the trainer gets as far as loading the generator or making an image."""
+
+    def configure_model(self) -> None:
+        pytest.fail("the generator was loaded although metric weights were bad")
+
+    def predict_step(self, batch, batch_idx):
+        pytest.fail("an image was generated although metric weights were bad")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda bad, folder: ClipScoreCallback("ViT-B-32", pretrained=str(bad)), "CLIP score: pretrained="),
+    (lambda bad, folder: FidCallback(reference_dir=str(folder), weights=str(bad)), "FID: weights="),
+    (lambda bad, folder: FidCallback(reference_dir=str(folder / "none")), "FID: reference_dir="),
+    (lambda bad, folder: LpipsDiversityCallback(backbone_weights=str(bad)), "LPIPS diversity: backbone_weights="),
+    (lambda bad, folder: LpipsDiversityCallback(backbone_weights=str(folder / "none.pth")), "(file not found)"),
+])
+def test_set_weights_that_do_not_load_stop_the_run_before_the_model(tmp_path, make, message):
+    """Weights that were set but do not load are a config mistake: the trainer stops in setup (before
+    configure_model and the first image) with a one-line error naming the file and the cause."""
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"not a checkpoint")
+    callback = make(bad, tmp_path)
+    with pytest.raises(MetricWeightsError) as error:
+        predict(tmp_path, [callback], study_items()[:6], ModelMustNotLoad())
+    text = str(error.value)
+    assert message in text and "could not be loaded (" in text and "\n" not in text
+    assert str(tmp_path) in text
+
+
+def test_clip_score_matches_open_clips_own_preprocess(tiny_clip):
+    """Oracle: open_clip's own PIL preprocess (bicubic resize, centre crop, normalize) and tokenizer
+    on the same random-init model, scored as torchmetrics does: 100 * max(cos, 0). Non-square
+    images exercise the resize and crop; they are uint8-exact so PIL sees the same pixels."""
+    import open_clip
+
+    callback = ClipScoreCallback(tiny_clip, probes={"photo": "a photograph"}, random_init_for_tests=True)
+    assert callback.enabled()
+    items = study_items()[:4]
+    images = torch.stack([fake_image(item, size=96)[:, :, 8:88] for item in items])  # 96 x 80
+    images = (images * 255).round() / 255
+    batch = FakeBatch(items, images, 0.1, None, [False] * len(items))
+    ours = callback.score(batch, torch.device("cpu"))
+
+    _, _, preprocess = open_clip.create_model_and_transforms(tiny_clip, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(tiny_clip)
+    model = callback._model
+    pil = [Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()) for image in images]
+    with torch.no_grad():
+        image_features = torch.nn.functional.normalize(model.encode_image(torch.stack([preprocess(p) for p in pil])), dim=-1)
+
+        def reference(text: str) -> list[float]:
+            text_features = torch.nn.functional.normalize(model.encode_text(tokenizer([text])), dim=-1)[0]
+            return (100 * (image_features @ text_features).clamp(min=0)).tolist()
+
+    for i, item in enumerate(items):
+        assert ours["clip_score_random_init"][i] == pytest.approx(reference(item.original_prompt)[i], abs=0.1)
+        assert ours["clip_probe_photo_random_init"][i] == pytest.approx(reference("a photograph")[i], abs=0.1)
+    element = items[0].metadata["elements"][0]
+    assert ours["clip_element_0_random_init"][0] == pytest.approx(reference(element)[0], abs=0.1)
+    spread = max(ours["clip_score_random_init"]) - min(ours["clip_score_random_init"])
+    assert spread > 0.5  # the items really differ, so a 0.1 agreement is informative
 
 
 def test_resumed_items_are_scored_and_take_seconds_from_the_table(tmp_path):

@@ -84,6 +84,38 @@ def test_resumed_images_equal_fresh_ones(tmp_path):
         assert png.read_bytes() == other.read_bytes()
 
 
+class ModelLoaded(BaseException):
+    """Raised by the guard; a BaseException so no `except Exception` on the way can swallow it."""
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Make any model load raise ModelLoaded. Patches the names the code calls: llm_dit.module
+    imported `load_components` into its own namespace, so patching only llm_dit.models.loading
+    would guard nothing (test_the_guard_fails_when_a_model_loads proves this one does)."""
+    import llm_dit.models.loading as loading
+    import llm_dit.module as module
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded(f"a model was loaded: load_components{args}")
+
+    monkeypatch.setattr(module, "load_components", refuse)
+    monkeypatch.setattr(loading, "load_components", refuse)
+
+
+def run_main(monkeypatch, tmp_path: Path, *args: str) -> None:
+    monkeypatch.setattr("sys.argv", ["llm_dit", "predict", "--config", str(CONFIGS / "baseline.yaml"),
+                                     "--trainer.default_root_dir", str(tmp_path), *args])
+    main()
+
+
+def test_the_guard_fails_when_a_model_loads(tmp_path, monkeypatch, no_model_loads):
+    """A valid config does load the model: the guard must stop it, or it guards nothing."""
+    with pytest.raises(ModelLoaded, match="load_components"):
+        run_main(monkeypatch, tmp_path)
+    assert not list(tmp_path.rglob("*.png"))
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -95,14 +127,39 @@ def test_resumed_images_equal_fresh_ones(tmp_path):
         (["--model.weights", "/no/such/folder"], "does not exist"),
     ],
 )
-def test_bad_input_fails_in_one_line_before_loading(tmp_path, capsys, monkeypatch, override, message):
-    import llm_dit.models.loading as loading
-
-    monkeypatch.setattr(loading, "load_components", lambda *a, **k: pytest.fail("a model was loaded"))
-    monkeypatch.setattr("sys.argv", ["llm_dit", "predict", "--config", str(CONFIGS / "baseline.yaml"),
-                                     "--trainer.default_root_dir", str(tmp_path), *override])
+def test_bad_input_fails_in_one_line_before_loading(tmp_path, capsys, monkeypatch, no_model_loads, override, message):
     with pytest.raises(SystemExit) as exit_info:
-        main()
+        run_main(monkeypatch, tmp_path, *override)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err
+
+
+@pytest.mark.parametrize("callback, setting", [
+    ("callbacks.clip_score.ClipScoreCallback", "pretrained"),
+    ("callbacks.fid.FidCallback", "weights"),
+    ("callbacks.lpips_diversity.LpipsDiversityCallback", "backbone_weights"),
+])
+def test_set_metric_weights_that_do_not_load_stop_the_run_before_any_model(tmp_path, capsys, monkeypatch,
+                                                                          no_model_loads, callback, setting):
+    """A study must not run for hours and end without its headline metric: weights that were set
+    but do not load stop the CLI with one line naming the file and the cause."""
+    import yaml
+
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"not a checkpoint")
+    config = yaml.safe_load((CONFIGS / "baseline.yaml").read_text())
+    init_args = {setting: str(bad)}
+    if setting == "weights":
+        init_args["reference_dir"] = str(tmp_path)
+    config["trainer"]["callbacks"].insert(0, {"class_path": callback, "init_args": init_args})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr("sys.argv", ["llm_dit", "predict", "--config", str(path), "--trainer.default_root_dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert f"{setting}={str(bad)!r} could not be loaded (" in line  # file and cause, on one line
+    assert line.endswith("(set LLM_DIT_DEBUG=1 for a traceback)")
+    assert not list(tmp_path.rglob("*.png"))

@@ -378,7 +378,7 @@ def test_contexts_nest_and_remove_only_their_own_changes(transformer, inputs) ->
         with surgery.apply(transformer, [{"variant": "skip_layers", "layers": [0]}, {"variant": "duplicate", "target": "layers"}]):
             assert surgery.count_live_hooks() == 3
             with surgery.record_block_io(transformer) as recorder:
-                assert surgery.count_live_hooks() == 5
+                assert surgery.count_live_hooks() == 6  # + a call counter on the transformer, one hook per block
                 run(transformer, inputs)
             assert len(recorder.records) == 2 and surgery.count_live_hooks() == 3
             # inner skip of block 0 on top of the outer truncation: both bypassed == skip
@@ -424,8 +424,9 @@ def test_record_block_io_and_embedding_drift(transformer, any_inputs) -> None:
         run(transformer, any_inputs)
     assert_equal_outputs(out, expected)  # recording changes nothing
     calls = recorder.calls()
-    assert len(calls) == 2 and [r.index for r in calls[0]] == [0, 1]
-    assert torch.equal(calls[0][0].output, calls[0][1].input)
+    assert len(calls) == 2 and [len(c) for c in calls] == [1, 1] and [r.index for r in calls[0][0]] == [0, 1]
+    assert [r.call for r in recorder.records] == [0, 0, 1, 1] and recorder.call_sizes == [B, B]
+    assert torch.equal(calls[0][0][0].output, calls[0][0][1].input)
     drift = surgery.embedding_drift(recorder)
     assert drift.per_block.shape == (B, 2) and drift.end_to_end.shape == (B,) and len(drift) == B
     assert drift.names == ["context_refiner.0", "context_refiner.1"]
@@ -452,10 +453,86 @@ def test_drift_ignores_padded_rows() -> None:
     torch.testing.assert_close(surgery.token_cosine(before, after, None, lengths=[3, 2]), torch.ones(2))
 
 
+def plain_refiner_io(transformer: nn.Module, call) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, output) of each context-refiner block during `call()`, by plain torch hooks."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pairs = [(block.register_forward_hook, lambda m, a, o: seen.append((a[0].detach(), o.detach())))
+             for block in transformer.context_refiner]
+    with plain_hooks(pairs):
+        call()
+    return seen
+
+
+def test_drift_of_a_length_grouped_call_is_put_back_by_row(transformer) -> None:
+    """Length grouping runs captions of 5, 40 and 7 tokens (padded to 32, 64, 32) as two sub-calls,
+    rows [0, 2] and [1]: drift still has one row per caption, in order, counting only each
+    caption's own rows. Oracle: plain hooks on the ungrouped (masked) call and a plain cosine
+    over the first `length` rows of each caption."""
+    from llm_dit.accel import install_length_grouping, remove_length_grouping
+
+    lengths = [5, 40, 7]
+    g = torch.Generator().manual_seed(3)
+    latents = [torch.randn(16, 1, 4, 4, generator=g) for _ in lengths]
+    caps = [torch.randn(n, 32, generator=g) for n in lengths]
+    t = torch.full((3,), 0.3)
+
+    def call() -> None:
+        with torch.no_grad():
+            transformer(latents, t, caps, return_dict=False)
+
+    (x0, y0), (_, y1) = plain_refiner_io(transformer, call)
+    oracle = torch.tensor([
+        [torch.nn.functional.cosine_similarity(x[i, :n], y[i, :n], dim=-1).mean().item() for x, y in ((x0, y0), (y0, y1))]
+        for i, n in enumerate(lengths)
+    ])
+    pad_counted = torch.nn.functional.cosine_similarity(x0[0, :32], y0[0, :32], dim=-1).mean().item()
+    assert abs(pad_counted - oracle[0, 0].item()) > 1e-3  # the learned pad rows would move the number
+    install_length_grouping(transformer)
+    try:
+        with surgery.record_block_io(transformer) as recorder:
+            call()
+    finally:
+        remove_length_grouping(transformer)
+    (runs,) = recorder.calls()
+    assert [run[0].rows for run in runs] == [(0, 2), (1,)] and recorder.call_sizes == [3]
+    drift = surgery.embedding_drift(recorder, lengths=lengths)
+    torch.testing.assert_close(drift.per_block, oracle, rtol=0, atol=1e-5)
+    end_to_end = [torch.nn.functional.cosine_similarity(x0[i, :n], y1[i, :n], dim=-1).mean().item() for i, n in enumerate(lengths)]
+    torch.testing.assert_close(drift.end_to_end, torch.tensor(end_to_end), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="lengths has 2 values; the recorded call has 3 rows"):
+        surgery.embedding_drift(recorder, lengths=lengths[:2])
+
+
+def test_drift_names_rows_the_refiner_cache_served(transformer) -> None:
+    """Under length grouping the refiner cache can serve one sub-batch and run another: that
+    call's drift would miss rows, and embedding_drift names them instead of guessing."""
+    from llm_dit.accel import install_length_grouping, remove_length_grouping
+
+    g = torch.Generator().manual_seed(4)
+    latents = [torch.randn(16, 1, 4, 4, generator=g) for _ in range(3)]
+    caps = [torch.randn(n, 32, generator=g) for n in (5, 40, 7)]
+    changed = [caps[0], torch.randn(40, 32, generator=g), caps[2]]  # only row 1's sub-batch differs
+    install_length_grouping(transformer)
+    try:
+        with surgery.record_block_io(transformer) as recorder, surgery.cache_context_refiner(transformer), torch.no_grad():
+            transformer(latents, torch.full((3,), 0.3), caps, return_dict=False)
+            transformer(latents, torch.full((3,), 0.3), changed, return_dict=False)
+    finally:
+        remove_length_grouping(transformer)
+    assert len(recorder.call_sizes) == 2 and [[run[0].rows for run in c] for c in recorder.calls()] == [[(0, 2), (1,)], [(1,)]]
+    assert surgery.embedding_drift(recorder, call=0).per_block.shape == (3, 2)
+    with pytest.raises(ValueError, match=r"rows \[0, 2\] of call 1 ran no context_refiner blocks"):
+        surgery.embedding_drift(recorder, call=1)
+    with surgery.record_block_io(transformer) as empty:
+        pass
+    with pytest.raises(ValueError, match="no context_refiner call was recorded"):
+        surgery.embedding_drift(empty)
+
+
 def test_recording_a_shared_duplicate_sees_every_position(transformer, inputs) -> None:
     with surgery.apply(transformer, [{"variant": "duplicate", "shared": True}]), surgery.record_block_io(transformer) as recorder:
         run(transformer, inputs)
-        assert surgery.count_live_hooks() == 3  # one swap + one hook per distinct block
+        assert surgery.count_live_hooks() == 4  # one swap + the call counter + one hook per distinct block
     assert [r.index for r in recorder.records] == [0, 1, 2, 3]
     assert surgery.embedding_drift(recorder).per_block.shape == (B, 4)
 

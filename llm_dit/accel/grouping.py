@@ -10,6 +10,9 @@ alone: this wrapper runs each group of items with the same (image shape, padded
 caption length) as its own unmasked call and puts the outputs back in order.
 Numerically it equals the masked batch up to the attention kernel's rounding.
 
+Each sub-call runs inside `surgery.sub_batch`, so probes (refiner drift) know which
+rows of the whole call it holds and put them back in place.
+
 Installed as an instance `forward` (a bound method, so `copy.deepcopy` re-binds
 it to the copy); `remove_length_grouping` restores the class's forward.
 """
@@ -21,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from surgery.probes import sub_batch
 
 SEQ_MULTIPLE = 32  # diffusers' SEQ_MULTI_OF for Z-Image
 _MARK = "_llm_dit_length_grouping"
@@ -50,8 +55,9 @@ def _grouped_forward(self: nn.Module, x: Any, t: torch.Tensor, cap_feats: Any, r
     outputs: list[torch.Tensor | None] = [None] * len(x)
     for indices in groups:
         timesteps = torch.stack([t[i] for i in indices])
-        sample = forward(self, [x[i] for i in indices], timesteps, [cap_feats[i] for i in indices],
-                         return_dict=False, **kwargs)[0]
+        with sub_batch(self, indices):
+            sample = forward(self, [x[i] for i in indices], timesteps, [cap_feats[i] for i in indices],
+                             return_dict=False, **kwargs)[0]
         for i, out in zip(indices, sample):
             outputs[i] = out
     if not return_dict:
