@@ -73,6 +73,10 @@ def ensure_writer_last(trainer, subcommand: str | None) -> None:
 
     from callbacks.writer import StudyWriter
 
+    from callbacks.progress import use_new_items_bar
+
+    if subcommand == "predict":
+        use_new_items_bar(trainer)  # the bar counts images made, not resumed ones
     callbacks = trainer.callbacks
     writers = [c for c in callbacks if isinstance(c, BasePredictionWriter)]
     if subcommand == "predict" and not writers:
@@ -145,7 +149,8 @@ def main() -> None:
     try:
         cli_main()
     except USER_ERRORS as error:
-        if os.environ.get("LLM_DIT_DEBUG") or _run_started(error):
+        one_line = getattr(error, "before_first_image", False)  # e.g. run-folder errors (llm_dit.run)
+        if os.environ.get("LLM_DIT_DEBUG") or (_run_started(error) and not one_line):
             raise
         print(f"error: {error}  (set LLM_DIT_DEBUG=1 for a traceback)", file=sys.stderr)
         raise SystemExit(2) from None
