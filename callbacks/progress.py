@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 class NewItemsProgressBar(TQDMProgressBar):
     """TQDM bar whose total is the number of images this rank will generate."""
 
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_predict_start(trainer, pl_module)
+    def _count(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """At the first batch: by then the writer has told the module which items are finished."""
         finished = getattr(pl_module, "finished_items", {}) or {}
         self._total, self._resumed = 0, 0
         for loader in trainer.predict_dataloaders if isinstance(trainer.predict_dataloaders, list) else [trainer.predict_dataloaders]:
@@ -36,6 +36,7 @@ class NewItemsProgressBar(TQDMProgressBar):
                                batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self.has_dataloader_changed(dataloader_idx):
             return
+        self._count(trainer, pl_module)
         bar = self.predict_progress_bar
         bar.reset(total=self._total)
         bar.set_description("Generating")
