@@ -34,9 +34,10 @@ from llm_dit.resume import (
     plan_resume,
 )
 from llm_dit.run import RunFolderLock, components_fingerprint, run_dir, write_run_record
-from llm_dit.run_guard import PeerWatchdog, RunStopped, StopSignals
+from llm_dit.run_guard import PeerWatchdog, RunStopped, StopSignals, is_peer_failure, peer_lost
 
 RESULTS = "results.jsonl"
+RESUME_HINT = "The images written so far are kept: run the same command again to resume."
 
 
 class StudyWriter(BasePredictionWriter):
@@ -87,7 +88,7 @@ class StudyWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             self._watchdog = PeerWatchdog(
                 folder, trainer.global_rank, trainer.world_size, self.peer_timeout_s,
-                "The images written so far are kept: run the same command again to resume.",
+                RESUME_HINT,
             )
             self._watchdog.start()
         trainer.strategy.barrier("llm_dit_writer_setup")
@@ -213,7 +214,7 @@ class StudyWriter(BasePredictionWriter):
         done = len(all_rows(folder))
         print(f"stopped by {signals.received}: {self._new} new image(s) written on this rank, {done} rows in "
               f"{folder}; run the same command again to resume", file=sys.stderr, flush=True)
-        self._release()
+        self._release(clean=False)  # peers must notice this rank left
         raise RunStopped(signals.exit_code())
 
     # ----- end: merge and log ----------------------------------------------------------
@@ -235,19 +236,22 @@ class StudyWriter(BasePredictionWriter):
         self._release()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.world_size > 1 and is_peer_failure(exception):
+            peer_lost(f"a peer rank stopped ({str(exception).splitlines()[0][:120]}); rank {trainer.global_rank} stops too.",
+                      RESUME_HINT)
         if trainer.world_size == 1 and self._lock is not None and self._lock.held:
             merge_shards(run_dir(trainer))  # keep one tidy table after a crash (ranks > 1: the next run merges)
-        self._release()
+        self._release(clean=False)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._release()
+        self._release(clean=False)  # after a normal end the watchdog was already stopped cleanly
 
-    def _release(self) -> None:
+    def _release(self, clean: bool = True) -> None:
         if self._signals is not None:
             self._signals.restore()
             self._signals = None
         if self._watchdog is not None:
-            self._watchdog.stop()
+            self._watchdog.stop(clean)
             self._watchdog = None
         if self._lock is not None:
             self._lock.release()

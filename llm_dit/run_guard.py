@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -83,7 +84,7 @@ class PeerWatchdog:
         self._beats += 1
         path = self._path(self.rank)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
-        temporary.write_text(text or f"{os.getpid()} {self._beats}")
+        temporary.write_text(text or f"{socket.gethostname()} {os.getpid()} {self._beats}")
         os.replace(temporary, path)
 
     def start(self) -> None:
@@ -92,45 +93,79 @@ class PeerWatchdog:
         self._thread = threading.Thread(target=self._run, name="llm-dit-peer-watchdog", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """This rank ended normally: peers must not take its silence for death."""
+    def stop(self, clean: bool = True) -> None:
+        """Stop beating. `clean`: this rank ended normally, so peers must not take its silence
+        for death; after a failure the file is left as it is, so peers notice."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if clean:
+            try:
+                self.beat("done")
+            except OSError:
+                pass
+
+    def _read(self, peer: int) -> str | None:
         try:
-            self.beat("done")
+            return self._path(peer).read_text()
         except OSError:
-            pass
+            return None
 
     def _run(self) -> None:
-        interval = min(5.0, self.timeout_s / 5)
-        last_seen: dict[int, tuple[str | None, float]] = {}
-        alive: set[int] = set()  # peers seen beating in this run ("done" left by an earlier run means nothing)
+        interval = min(1.0, self.timeout_s / 5)
+        peers = [peer for peer in range(self.world_size) if peer != self.rank]
+        # A file left by an earlier run says nothing: a peer counts as alive once its file changes.
+        initial = {peer: self._read(peer) for peer in peers}
+        alive: set[int] = set()
+        last_change = {peer: (initial[peer], time.monotonic()) for peer in peers}
         while not self._stop.wait(interval):
             try:
                 self.beat()
             except OSError:
                 pass
             now = time.monotonic()
-            for peer in range(self.world_size):
-                if peer == self.rank:
-                    continue
-                try:
-                    content = self._path(peer).read_text()
-                except OSError:
-                    content = None
-                if content == "done" and peer in alive:
-                    continue
-                if content not in (None, "done"):
+            for peer in peers:
+                content = self._read(peer)
+                if content != initial[peer]:
                     alive.add(peer)
-                previous = last_seen.get(peer)
-                if previous is None or previous[0] != content:
-                    last_seen[peer] = (content, now)
-                elif now - previous[1] > self.timeout_s:
-                    self._peer_lost(peer, now - previous[1])
+                if peer in alive and content == "done":
+                    continue
+                if peer in alive and content is not None and _process_gone(content):
+                    self._peer_lost(peer, None)
+                if content != last_change[peer][0]:
+                    last_change[peer] = (content, now)
+                elif now - last_change[peer][1] > self.timeout_s:
+                    self._peer_lost(peer, now - last_change[peer][1])
 
-    def _peer_lost(self, peer: int, silent_s: float) -> None:
-        print(f"error: rank {peer} stopped (no heartbeat for {silent_s:.0f} s); rank {self.rank} stops too. "
-              f"{self.message}", file=sys.stderr, flush=True)
-        os._exit(EXIT_PEER_LOST)
+    def _peer_lost(self, peer: int, silent_s: float | None) -> None:
+        why = "its process ended" if silent_s is None else f"no heartbeat for {silent_s:.0f} s"
+        peer_lost(f"rank {peer} stopped ({why}); rank {self.rank} stops too.", self.message)
+
+
+def peer_lost(what: str, hint: str) -> None:
+    """One line, then leave at once: this rank's collectives can only hang or fail now."""
+    print(f"error: {what} {hint}", file=sys.stderr, flush=True)
+    os._exit(EXIT_PEER_LOST)
+
+
+def _process_gone(content: str) -> bool:
+    """A peer on this host whose process has exited (or is a zombie awaiting its parent)."""
+    parts = content.split()
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    try:
+        state = Path(f"/proc/{parts[1]}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return Path("/proc/self").exists() and not Path(f"/proc/{parts[1]}").exists()
+    return state in ("Z", "X")
+
+
+#: Messages of a collective whose peer died (gloo raises a plain RuntimeError).
+PEER_FAILURE_MARKERS = ("closed by peer", "reset by peer", "remote worker", "Broken pipe", "Connection refused")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    distributed_error = getattr(__import__("torch").distributed, "DistError", ())
+    text = str(error)
+    return isinstance(error, distributed_error) or any(marker in text for marker in PEER_FAILURE_MARKERS)
