@@ -81,8 +81,12 @@ def ensure_writer_last(trainer, subcommand: str | None) -> None:
     writers = [c for c in callbacks if isinstance(c, BasePredictionWriter)]
     if subcommand == "predict" and not writers:
         writers = [StudyWriter()]
-    others = [c for c in callbacks if not isinstance(c, BasePredictionWriter)]
-    trainer.callbacks[:] = others + writers
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    others = [c for c in callbacks if not isinstance(c, (BasePredictionWriter, SaveConfigCallback))]
+    # config.yaml is written after the writer has locked the folder and checked its settings
+    savers = [c for c in callbacks if isinstance(c, SaveConfigCallback)]
+    trainer.callbacks[:] = others + writers + savers
 
 
 def cli_main(args: list[str] | None = None) -> StudyCLI | None:

@@ -230,6 +230,7 @@ def test_cli_prints_one_error_line_for_changed_settings(tmp_path, capsys, monkey
     cli_main([*args, "--data.init_args.study.sampler.steps", "1"])
     first = capsys.readouterr().err
     assert "results: " in first and "[6 new, 0 resumed (6 of 6 items)]" in first
+    config = (tmp_path / "lightning_logs" / "baseline" / "config.yaml").read_bytes()
     no_model_loads(monkeypatch)
     monkeypatch.setattr("sys.argv", ["llm_dit", *args, "--data.init_args.study.sampler.steps", "2"])
     with pytest.raises(SystemExit) as exit_info:
@@ -239,3 +240,4 @@ def test_cli_prints_one_error_line_for_changed_settings(tmp_path, capsys, monkey
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: run folder ") and "Traceback" not in err
     assert "'control' (sampler.steps 1 -> 2)" in errors[0]
+    assert (tmp_path / "lightning_logs" / "baseline" / "config.yaml").read_bytes() == config  # the record still says 1
