@@ -143,6 +143,10 @@ def test_resume_never_rewrites_a_finished_row(copy, capsys):
     assert (folder(copy) / "results.jsonl").read_bytes() == table
     rows = read_rows(folder(copy) / "results.jsonl")
     assert all(r["metric.caption_tokens"] is not None for r in rows)
+    tokens = json.loads((folder(copy) / "set_metrics.json").read_text())["caption_tokens"]["conditions"]
+    for name in ("control", "skip"):  # resumed items still count, with the lengths their rows hold
+        counted = [r["metric.caption_tokens"] for r in rows if r["condition"] == name]
+        assert tokens[name]["n"] == 4 and tokens[name]["value"] == pytest.approx(sum(counted) / 4)
     err = capsys.readouterr().err
     assert "0 new, 8 resumed (8 of 8 items)" in err
     assert f"tensorboard --logdir {folder(copy)}" in err and f"python -m llm_dit.cli report {folder(copy)}" in err
