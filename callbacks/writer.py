@@ -86,10 +86,8 @@ class StudyWriter(BasePredictionWriter):
             for line in repair_tables(folder):
                 print(f"warning: {line}", file=sys.stderr)
         if trainer.world_size > 1:
-            self._watchdog = PeerWatchdog(
-                folder, trainer.global_rank, trainer.world_size, self.peer_timeout_s,
-                RESUME_HINT,
-            )
+            self._watchdog = PeerWatchdog(folder, trainer.global_rank, trainer.world_size, self.peer_timeout_s,
+                                          RESUME_HINT)
             self._watchdog.start()
         trainer.strategy.barrier("llm_dit_writer_setup")
         self._previous_rows = all_rows(folder)
@@ -118,13 +116,12 @@ class StudyWriter(BasePredictionWriter):
         self._model_fingerprint = components_fingerprint(pl_module)
         if self._model_fingerprint is not None:
             kept = [item for item in items if item.item_id in self._plan.finished]
-            changed = model_fingerprint_changes(kept, self._previous_rows, self._model_fingerprint)
+            changed, ids = model_fingerprint_changes(kept, self._previous_rows, self._model_fingerprint)
             if changed and not getattr(datamodule, "overwrite_changed", False):
                 raise changed_settings_error(folder, changed, " (model weights)")
-            for item in kept:
-                if item.condition in changed:
-                    self._plan.finished.pop(item.item_id, None)
-                    self._plan.regenerate.add(item.item_id)
+            for item_id in ids:
+                self._plan.finished.pop(item_id, None)
+                self._plan.regenerate.add(item_id)
         if trainer.is_global_zero:
             write_run_record(trainer, pl_module, folder)
         self._finished = dict(self._plan.finished)

@@ -119,10 +119,8 @@ def png_problem(path: Path, height: int | None = None, width: int | None = None)
     """Why the PNG at `path` cannot stand for a finished item (None when it can)."""
     try:
         with Image.open(path) as image:
-            image.verify()  # CRCs and completeness, without decoding twice
-        with Image.open(path) as image:
-            image.load()
             size = image.size
+            image.verify()  # every chunk's CRC, through the end marker, without decompressing
     except FileNotFoundError:
         return "missing"
     except Exception as error:  # PIL raises many types for a damaged file
@@ -196,11 +194,15 @@ def changed_settings_error(folder: Path, changed: dict[str, list[str]], when: st
     )
 
 
-def model_fingerprint_changes(items: list[StudyItem], rows: dict[str, dict[str, Any]], current: str) -> dict[str, list[str]]:
-    """Conditions whose kept rows were made by weights with another fingerprint."""
+def model_fingerprint_changes(
+    items: list[StudyItem], rows: dict[str, dict[str, Any]], current: str
+) -> tuple[dict[str, list[str]], set[str]]:
+    """Kept rows made by weights with another fingerprint: (condition -> what changed, their ids)."""
     changed: dict[str, list[str]] = {}
+    ids = set()
     for item in items:
         recorded = rows.get(item.item_id, {}).get("model_fingerprint")
         if recorded is not None and recorded != current:
             changed.setdefault(item.condition, [f"model fingerprint {recorded} -> {current}"])
-    return changed
+            ids.add(item.item_id)
+    return changed, ids
