@@ -85,11 +85,13 @@ class StudyWriter(BasePredictionWriter):
             self._lock.acquire()
             for line in repair_tables(folder):
                 print(f"warning: {line}", file=sys.stderr)
+        # Past this barrier rank 0 holds the lock and the tables are repaired; only then may this
+        # run's ranks write heartbeats into the folder.
+        trainer.strategy.barrier("llm_dit_writer_setup")
         if trainer.world_size > 1:
             self._watchdog = PeerWatchdog(folder, trainer.global_rank, trainer.world_size, self.peer_timeout_s,
                                           RESUME_HINT)
             self._watchdog.start()
-        trainer.strategy.barrier("llm_dit_writer_setup")
         self._previous_rows = all_rows(folder)
         self._model = model_settings(pl_module)
         items = getattr(datamodule, "items", None)
@@ -133,6 +135,8 @@ class StudyWriter(BasePredictionWriter):
             from callbacks.tensorboard_review import TensorBoardReview
 
             self._log_grids_now = not any(isinstance(c, TensorBoardReview) for c in trainer.callbacks)
+        if self._signals is not None and self._signals.received:
+            self._stop(trainer)  # asked to stop while the model loaded: before the first image
 
     def _module_finished(self, datamodule: Any) -> dict[str, Path]:
         """Finished items the module may read back: not those sharing a batch with an item to

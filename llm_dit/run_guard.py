@@ -88,7 +88,7 @@ class PeerWatchdog:
         os.replace(temporary, path)
 
     def start(self) -> None:
-        """Call on every rank before the ranks synchronise, so each sees only this run's beats."""
+        """Call on every rank once this run owns the folder (rank 0 holds its lock)."""
         self.beat()
         self._thread = threading.Thread(target=self._run, name="llm-dit-peer-watchdog", daemon=True)
         self._thread.start()
