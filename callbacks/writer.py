@@ -278,6 +278,26 @@ class StudyWriter(BasePredictionWriter):
         experiment.flush()
 
 
+def arrange_callbacks(trainer: L.Trainer, subcommand: str | None) -> None:
+    """The CLI's callback order for predict: metric callbacks, then the writers (they store what the
+    metric callbacks put into each batch, so they must see it last), then SaveConfigCallback (so a
+    run stopped by the writer's folder checks leaves config.yaml alone). Adds a StudyWriter when
+    none is configured, and a progress bar that counts new images only."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    from callbacks.progress import use_new_items_bar
+
+    if subcommand == "predict":
+        use_new_items_bar(trainer)
+    callbacks = trainer.callbacks
+    writers = [c for c in callbacks if isinstance(c, BasePredictionWriter)]
+    if subcommand == "predict" and not writers:
+        writers = [StudyWriter()]
+    savers = [c for c in callbacks if isinstance(c, SaveConfigCallback)]
+    others = [c for c in callbacks if not isinstance(c, (BasePredictionWriter, SaveConfigCallback))]
+    trainer.callbacks[:] = others + writers + savers
+
+
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
 

@@ -64,29 +64,11 @@ def run_name(datamodule: Any) -> str:
 
 
 def ensure_writer_last(trainer, subcommand: str | None) -> None:
-    """Add a StudyWriter to predict runs that have none, and run writers after the metric callbacks.
+    """Add a StudyWriter to predict runs that have none, run writers after the metric callbacks,
+    and save config.yaml only once the writer has checked the run folder (callbacks.writer)."""
+    from callbacks.writer import arrange_callbacks
 
-    Metric callbacks put per-item values into the batch's outputs; the writer
-    stores them, so it must see each batch last.
-    """
-    from lightning.pytorch.callbacks import BasePredictionWriter
-
-    from callbacks.writer import StudyWriter
-
-    from callbacks.progress import use_new_items_bar
-
-    if subcommand == "predict":
-        use_new_items_bar(trainer)  # the bar counts images made, not resumed ones
-    callbacks = trainer.callbacks
-    writers = [c for c in callbacks if isinstance(c, BasePredictionWriter)]
-    if subcommand == "predict" and not writers:
-        writers = [StudyWriter()]
-    from lightning.pytorch.cli import SaveConfigCallback
-
-    others = [c for c in callbacks if not isinstance(c, (BasePredictionWriter, SaveConfigCallback))]
-    # config.yaml is written after the writer has locked the folder and checked its settings
-    savers = [c for c in callbacks if isinstance(c, SaveConfigCallback)]
-    trainer.callbacks[:] = others + writers + savers
+    arrange_callbacks(trainer, subcommand)
 
 
 def cli_main(args: list[str] | None = None) -> StudyCLI | None:
