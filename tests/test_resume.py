@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.detail import DetailScoreCallback
-from callbacks.progress import NewItemsProgressBar
+from callbacks.progress import NewItemsProgressBar, NewItemsRichProgressBar
 from callbacks.timing import TimingCallback
 from callbacks.writer import StudyWriter, read_rows
 from llm_dit.data import StudyDataModule, group_into_batches
@@ -223,6 +223,14 @@ def test_progress_bar_counts_only_new_images(tmp_path):
     run(tmp_path, study_spec(), bar=bar)
     assert bar._total == 6 and bar._resumed == 2
     assert bar.predict_progress_bar.n == 6
+    shutil.rmtree(tmp_path / "lightning_logs")
+    with pytest.raises(RuntimeError):
+        run(tmp_path, study_spec(), callbacks=[CrashAfter(2)])
+    rich = NewItemsRichProgressBar()
+    run(tmp_path, study_spec(), bar=rich)
+    task = rich.progress.tasks[rich.predict_progress_bar_id] if rich.progress else None
+    assert rich._total == 6 and rich._resumed == 2 and rich._made == 6
+    assert task is None or (task.total == 6 and task.completed == 6)
 
 
 def test_cli_prints_one_error_line_for_changed_settings(tmp_path, capsys, monkeypatch):
