@@ -8,7 +8,8 @@ predict start, before the writer appends), or from ``extras["seconds"]`` /
 measurement are left out of the means instead of counting as 0 s.
 
 ``caption_tokens`` (length of the caption features fed to the DiT) is added
-to every item's metrics: the token-budget questions (Q2.5, Q7.1) need it.
+to every item's metrics: the token-budget questions (Q2.5, Q7.1) need it. A
+resumed item's count comes from its row, so per-condition means stay complete.
 """
 
 from __future__ import annotations
@@ -54,10 +55,17 @@ class TimingCallback(ItemMetricCallback):
                 seconds.append(batch.seconds_per_image)
                 memory.append(peak_mb)
         embeddings = list(getattr(batch, "embeddings", None) or [])
-        tokens = [
-            float(e.shape[0]) if i < len(embeddings) and e is not None else None for i, e in enumerate(embeddings)
-        ]
-        tokens += [None] * (n - len(tokens))
+        tokens: list[float | None] = []
+        for i, item in enumerate(batch.items):
+            features = embeddings[i] if i < len(embeddings) else None
+            if features is not None:
+                tokens.append(float(features.shape[0]))
+            elif resumed[i]:  # a resumed item's features are not recomputed: its row has the count
+                row = self._previous.get(item.item_id, {})
+                recorded = row.get("metric.caption_tokens", row.get("num_embeddings"))
+                tokens.append(None if recorded is None else float(recorded))
+            else:
+                tokens.append(None)
         return {"seconds_per_image": seconds, "peak_memory_mb": memory, "caption_tokens": tokens}
 
     def info(self, metric: str) -> dict[str, Any]:

@@ -2,15 +2,23 @@
 
 Each rank appends rows to its own shard (results.rank<R>.jsonl) and writes PNGs
 atomically (temporary file + rename), so a crash never leaves a half-written
-image or row. At predict end rank 0 merges the shards into results.jsonl. On the
-next run, items whose row and PNG both exist are handed to the module as
-finished: it reads them back instead of generating them again.
+image or row. At predict end rank 0 merges the shards into results.jsonl.
+
+A re-run in the same folder resumes by settings (llm_dit.resume): a row is kept
+only when its settings fingerprint matches the item's current settings and its
+PNG reads back; kept rows are never rewritten (a metric callback added on the
+re-run may add its column). Damaged files are reported in one line each and
+their items made again, with the batch mates they were first made with. The
+writer also owns the run's lifecycle: the folder lock, stop signals (finish the
+batch, write, merge, exit), the dead-peer watchdog and the end-of-run summary.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,9 +29,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 
 from llm_dit.outputs import GeneratedBatch
-from llm_dit.run import run_dir, write_run_record
+from llm_dit.resume import (
+    ResumePlan, changed_settings_error, fingerprint, item_settings, model_fingerprint_changes, model_settings,
+    plan_resume,
+)
+from llm_dit.run import RunFolderLock, components_fingerprint, run_dir, write_run_record
+from llm_dit.run_guard import PeerWatchdog, RunStopped, StopSignals, is_peer_failure, peer_lost
 
 RESULTS = "results.jsonl"
+RESUME_HINT = "The images written so far are kept: run the same command again to resume."
 
 
 class StudyWriter(BasePredictionWriter):
@@ -32,29 +46,108 @@ class StudyWriter(BasePredictionWriter):
     Args:
         log_grids: log an image grid per condition (prompts x seeds) to TensorBoard at the
             end; "auto" does so unless a TensorBoardReview callback already logs grids.
+        peer_timeout_s: with several ranks, how long a silent peer rank is waited for
+            before this rank stops too (the run can then be resumed).
+
+    The run-folder policy (overwrite_changed, wait_for_lock) is set on the data module,
+    where the command line reaches it: `--data.init_args.overwrite_changed true`.
     """
 
-    def __init__(self, log_grids: bool | str = "auto") -> None:
+    def __init__(self, log_grids: bool | str = "auto", peer_timeout_s: float = 60.0) -> None:
         super().__init__(write_interval="batch")
         if log_grids not in (True, False, "auto"):
             raise ValueError(f"log_grids must be true, false or 'auto', got {log_grids!r}")
+        if peer_timeout_s <= 0:
+            raise ValueError(f"peer_timeout_s must be > 0 seconds, got {peer_timeout_s}")
         self.log_grids = log_grids
+        self.peer_timeout_s = peer_timeout_s
         self._log_grids_now = False
         self._previous_rows: dict[str, dict[str, Any]] = {}
+        self._plan = ResumePlan()
+        self._finished: dict[str, Path] = {}
+        self._model: dict[str, Any] | None = None
+        self._model_fingerprint: str | None = None
+        self._lock: RunFolderLock | None = None
+        self._signals: StopSignals | None = None
+        self._watchdog: PeerWatchdog | None = None
+        self._new = 0
+        self.mismatched_mates: list[str] = []
 
-    # ----- start: find what is done ---------------------------------------------------
+    # ----- setup: lock, repair, compare settings (before any model loads) ---------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "predict":
+            return
+        folder = run_dir(trainer)
+        datamodule = getattr(trainer, "datamodule", None)
+        if trainer.is_global_zero:
+            self._lock = RunFolderLock(folder, wait=bool(getattr(datamodule, "wait_for_lock", False)))
+            self._lock.acquire()
+            for line in repair_tables(folder):
+                print(f"warning: {line}", file=sys.stderr)
+        # Past this barrier rank 0 holds the lock and the tables are repaired; only then may this
+        # run's ranks write heartbeats into the folder.
+        trainer.strategy.barrier("llm_dit_writer_setup")
+        if trainer.world_size > 1:
+            self._watchdog = PeerWatchdog(folder, trainer.global_rank, trainer.world_size, self.peer_timeout_s,
+                                          RESUME_HINT)
+            self._watchdog.start()
+        self._previous_rows = all_rows(folder)
+        self._model = model_settings(pl_module)
+        items = getattr(datamodule, "items", None)
+        if items is None:
+            self._plan = ResumePlan(finished=finished_items(folder, self._previous_rows))
+        else:
+            self._plan = plan_resume(folder, items, self._previous_rows, self._model)
+            if self._plan.changed and not getattr(datamodule, "overwrite_changed", False):
+                raise changed_settings_error(folder, self._plan.changed)
+            if trainer.is_global_zero:
+                for line in self._plan.problems:
+                    print(f"warning: {line}", file=sys.stderr)
+            if hasattr(datamodule, "recorded_batches"):
+                datamodule.recorded_batches = self._plan.batches
+        self._signals = StopSignals()
+        self._signals.install()
+
+    # ----- start: the model is loaded; hand the finished items to the module -------------
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = run_dir(trainer)
+        datamodule = getattr(trainer, "datamodule", None)
+        items = getattr(datamodule, "items", None) or []
+        self._model_fingerprint = components_fingerprint(pl_module)
+        if self._model_fingerprint is not None:
+            kept = [item for item in items if item.item_id in self._plan.finished]
+            changed, ids = model_fingerprint_changes(kept, self._previous_rows, self._model_fingerprint)
+            if changed and not getattr(datamodule, "overwrite_changed", False):
+                raise changed_settings_error(folder, changed, " (model weights)")
+            for item_id in ids:
+                self._plan.finished.pop(item_id, None)
+                self._plan.regenerate.add(item_id)
         if trainer.is_global_zero:
             write_run_record(trainer, pl_module, folder)
-        self._previous_rows = all_rows(folder)
-        pl_module.finished_items = finished_items(folder, self._previous_rows)
+        self._finished = dict(self._plan.finished)
+        pl_module.finished_items = self._module_finished(datamodule)
+        self._new = 0
+        self.mismatched_mates = []
         self._log_grids_now = self.log_grids is True
         if self.log_grids == "auto":
             from callbacks.tensorboard_review import TensorBoardReview
 
             self._log_grids_now = not any(isinstance(c, TensorBoardReview) for c in trainer.callbacks)
+        if self._signals is not None and self._signals.received:
+            self._stop(trainer)  # asked to stop while the model loaded: before the first image
+
+    def _module_finished(self, datamodule: Any) -> dict[str, Path]:
+        """Finished items the module may read back: not those sharing a batch with an item to
+        make, because a batch is regenerated whole (its composition shapes the pixels)."""
+        finished = dict(self._finished)
+        batches = datamodule.batches() if hasattr(datamodule, "batches") else []
+        for batch in batches:
+            if any(item.item_id not in finished for item in batch):
+                for item in batch:
+                    finished.pop(item.item_id, None)
+        return finished
 
     # ----- per batch --------------------------------------------------------------------
 
@@ -70,29 +163,100 @@ class StudyWriter(BasePredictionWriter):
     ) -> None:
         folder = run_dir(trainer)
         rows = []
+        batch_ids = [item.item_id for item in prediction.items]
         for index, item in enumerate(prediction.items):
-            if prediction.resumed[index]:
-                # Metrics recomputed on a finished item (e.g. a callback added on this run)
-                # are merged into its earlier row.
-                fresh = {f"metric.{name}": values[index] for name, values in prediction.metrics.items()}
-                previous = self._previous_rows.get(item.item_id, {})
-                if any(previous.get(key) != value for key, value in fresh.items()):
-                    rows.append({**previous, **fresh})
+            if item.item_id in self._finished:
+                if not prediction.resumed[index]:
+                    self._check_mate(folder, item.item_id, prediction.images[index])
+                row = self._extended_row(item.item_id, prediction, index)
+                if row is not None:
+                    rows.append(row)
                 continue
             save_png_atomic(prediction.images[index], folder / item.image_name)
-            rows.append({**result_row(prediction, index), "rank": trainer.global_rank})
+            settings = item_settings(item, self._model)
+            rows.append({
+                **result_row(prediction, index), "rank": trainer.global_rank, "batch": batch_ids,
+                "settings_fingerprint": fingerprint(settings), "model": self._model,
+                "model_fingerprint": self._model_fingerprint,
+            })
+            self._new += 1
         if rows:
             append_rows(folder / f"results.rank{trainer.global_rank}.jsonl", rows)
+        if self._signals is not None and self._signals.received:
+            self._stop(trainer)
+
+    def _extended_row(self, item_id: str, prediction: GeneratedBatch, index: int) -> dict[str, Any] | None:
+        """A finished row gains the metrics it lacks (a callback added on this run); nothing it has changes."""
+        previous = self._previous_rows.get(item_id, {})
+        fresh = {f"metric.{name}": values[index] for name, values in prediction.metrics.items()}
+        added = {key: value for key, value in fresh.items() if key not in previous and value is not None}
+        if not added:
+            return None
+        row = {**previous, **added}
+        self._previous_rows[item_id] = row
+        return row
+
+    def _check_mate(self, folder: Path, item_id: str, image: torch.Tensor) -> None:
+        """A finished item regenerated with its batch: its pixels should equal the stored PNG."""
+        from llm_dit.module import load_png
+
+        stored = load_png(self._finished[item_id])
+        if not torch.equal(_to_uint8(stored), _to_uint8(image)):
+            self.mismatched_mates.append(item_id)
+            print(f"warning: {item_id} came out different when its batch was made again "
+                  "(the stored image is kept; see README, Determinism)", file=sys.stderr)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        """A stop signal arrived: the batch is written; merge (one rank) and leave with a resume hint."""
+        folder = run_dir(trainer)
+        signals = self._signals
+        if trainer.world_size == 1:
+            merge_shards(folder)
+        done = len(all_rows(folder))
+        print(f"stopped by {signals.received}: {self._new} new image(s) written on this rank, {done} rows in "
+              f"{folder}; run the same command again to resume", file=sys.stderr, flush=True)
+        self._release(clean=False)  # peers must notice this rank left
+        raise RunStopped(signals.exit_code())
 
     # ----- end: merge and log ----------------------------------------------------------
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = run_dir(trainer)
         trainer.strategy.barrier("llm_dit_writer_merge")
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if trainer.is_global_zero:
             merge_shards(folder)
         if self._log_grids_now:
             self._log_grids(trainer)
+        if trainer.is_global_zero:
+            keep_newest_event_file(folder, trainer)
+            items = getattr(getattr(trainer, "datamodule", None), "items", None)
+            print(summary(folder, items, set(self._plan.finished)), file=sys.stderr, flush=True)
+        self._release()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if trainer.world_size > 1 and is_peer_failure(exception):
+            peer_lost(f"a peer rank stopped ({str(exception).splitlines()[0][:120]}); rank {trainer.global_rank} stops too.",
+                      RESUME_HINT)
+        if trainer.world_size == 1 and self._lock is not None and self._lock.held:
+            merge_shards(run_dir(trainer))  # keep one tidy table after a crash (ranks > 1: the next run merges)
+        self._release(clean=False)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._release(clean=False)  # after a normal end the watchdog was already stopped cleanly
+
+    def _release(self, clean: bool = True) -> None:
+        if self._signals is not None:
+            self._signals.restore()
+            self._signals = None
+        if self._watchdog is not None:
+            self._watchdog.stop(clean)
+            self._watchdog = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _log_grids(self, trainer: L.Trainer) -> None:
         """Each rank's grids hold only its items, so grids are built by rank 0 from the PNGs."""
@@ -112,6 +276,71 @@ class StudyWriter(BasePredictionWriter):
             )
             experiment.add_image(f"grid/{condition}", grid, global_step=0)
         experiment.flush()
+
+
+def arrange_callbacks(trainer: L.Trainer, subcommand: str | None) -> None:
+    """The CLI's callback order for predict: metric callbacks, then the writers (they store what the
+    metric callbacks put into each batch, so they must see it last), then SaveConfigCallback (so a
+    run stopped by the writer's folder checks leaves config.yaml alone). Adds a StudyWriter when
+    none is configured, and a progress bar that counts new images only."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    from callbacks.progress import use_new_items_bar
+
+    if subcommand == "predict":
+        use_new_items_bar(trainer)
+    callbacks = trainer.callbacks
+    writers = [c for c in callbacks if isinstance(c, BasePredictionWriter)]
+    if subcommand == "predict" and not writers:
+        writers = [StudyWriter()]
+    savers = [c for c in callbacks if isinstance(c, SaveConfigCallback)]
+    others = [c for c in callbacks if not isinstance(c, (BasePredictionWriter, SaveConfigCallback))]
+    trainer.callbacks[:] = others + writers + savers
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def summary(folder: Path, items: list | None, resumed: set[str]) -> str:
+    """End of predict: where the results are, new / resumed counts, and what to run next."""
+    shown = _display_path(folder)
+    ids = {row["item_id"] for row in read_rows(folder / RESULTS)}
+    if items is not None:
+        wanted = {item.item_id for item in items}
+        done = ids & wanted
+        counts = (f"{len(done - resumed)} new, {len(done & resumed)} resumed "
+                  f"({len(done)} of {len(wanted)} items)")
+    else:
+        counts = f"{len(ids - resumed)} new, {len(ids & resumed)} resumed"
+    return (f"results: {shown}  [{counts}]\n"
+            f"next:    tensorboard --logdir {shown}\n"
+            f"         python -m llm_dit.cli report {shown}")
+
+
+def _display_path(folder: Path) -> str:
+    try:
+        return str(folder.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
+
+
+def keep_newest_event_file(folder: Path, trainer: L.Trainer) -> None:
+    """One TensorBoard event file per run folder: a resumed run logs every item again
+    (resumed items are served to the callbacks), so older files only duplicate it."""
+    current = _current_event_file(trainer)
+    files = sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns)
+    keep = current if current is not None and current.exists() else (files[-1] if files else None)
+    for path in files:
+        if keep is not None and path.resolve() != keep.resolve():
+            path.unlink(missing_ok=True)
+
+
+def _current_event_file(trainer: L.Trainer) -> Path | None:
+    experiment = getattr(trainer.logger, "experiment", None) if trainer.logger is not None else None
+    writer = getattr(getattr(experiment, "file_writer", None), "event_writer", None)
+    name = getattr(writer, "_file_name", None) or getattr(writer, "_filename", None)
+    return Path(name) if name else None
 
 
 # ----- helpers, also used by the report and the tests ------------------------------------
@@ -166,30 +395,60 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and "item_id" in row else None
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (crash mid-write) is ignored."""
+    """Rows of a JSON-lines file; a torn line (crash or full disk mid-write) is skipped
+    (`repair_tables` reports and removes it at the next run's start)."""
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        row = _parse(line)
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def table_paths(folder: Path) -> list[Path]:
+    return [folder / RESULTS, *sorted(folder.glob("results.rank*.jsonl"))]
 
 
 def all_rows(folder: Path) -> dict[str, dict[str, Any]]:
     """Every row of the merged table and all shards, one per item id.
 
-    Later rows update earlier ones field by field (shards after the merged table),
-    so metrics added to a finished item on a re-run are kept.
+    Every row written is complete, so a later row (shards after the merged table)
+    replaces an earlier one: an item made again replaces its old row whole.
     """
     rows: dict[str, dict[str, Any]] = {}
-    for path in [folder / RESULTS, *sorted(folder.glob("results.rank*.jsonl"))]:
+    for path in table_paths(folder):
         for row in read_rows(path):
-            rows.setdefault(row["item_id"], {}).update(row)
+            rows[row["item_id"]] = row
     return rows
+
+
+def repair_tables(folder: Path) -> list[str]:
+    """Find torn lines in the tables, one message each, and fold the shards into a clean
+    results.jsonl (call on rank 0 before any rank reads). The item of a torn row has no row
+    left, so it is made again."""
+    problems = []
+    for path in table_paths(folder):
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if line.strip() and _parse(line) is None:
+                match = re.search(r'"item_id":\s*"([^"]+)"', line)
+                which = f"; {match.group(1)} will be made again" if match else ""
+                problems.append(f"{path.name} line {number} is torn (a crash or a full disk mid-write): dropped it{which}")
+    if problems or any(folder.glob("results.rank*.jsonl")):
+        merge_shards(folder)
+    return problems
 
 
 def finished_items(folder: Path, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:

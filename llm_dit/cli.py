@@ -150,21 +150,11 @@ class AdapterBaseCheck(Callback):
 
 
 def ensure_writer_last(trainer, subcommand: str | None) -> None:
-    """Add a StudyWriter to predict runs that have none, and run writers after the metric callbacks.
+    """Add a StudyWriter to predict runs that have none, run writers after the metric callbacks,
+    and save config.yaml only once the writer has checked the run folder (callbacks.writer)."""
+    from callbacks.writer import arrange_callbacks
 
-    Metric callbacks put per-item values into the batch's outputs; the writer
-    stores them, so it must see each batch last.
-    """
-    from lightning.pytorch.callbacks import BasePredictionWriter
-
-    from callbacks.writer import StudyWriter
-
-    callbacks = trainer.callbacks
-    writers = [c for c in callbacks if isinstance(c, BasePredictionWriter)]
-    if subcommand == "predict" and not writers:
-        writers = [StudyWriter()]
-    others = [c for c in callbacks if not isinstance(c, BasePredictionWriter)]
-    trainer.callbacks[:] = others + writers
+    arrange_callbacks(trainer, subcommand)
 
 
 def cli_main(args: list[str] | None = None) -> StudyCLI | None:

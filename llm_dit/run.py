@@ -2,18 +2,89 @@
 
 `<trainer.default_root_dir>/lightning_logs/<study name>/`, taken from the
 TensorBoard logger the CLI configures, so re-running a study resumes in place.
+One run at a time owns a folder: `RunFolderLock` (an advisory file lock, released
+by the OS even when the process is killed).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import platform
+import socket
+import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+LOCK_FILE = "run.lock"
+
+
+class RunFolderError(ValueError):
+    """A problem with the run folder found before the first image (a user error, shown in one line).
+
+    `before_first_image` tells the CLI to print it as one line even though the trainer has started."""
+
+    before_first_image = True
+
+
+class RunFolderLock:
+    """Exclusive lock on a run folder, so two runs never generate the same items twice.
+
+    Args:
+        folder: the run folder.
+        wait: block until the other run ends instead of stopping with an error.
+    """
+
+    def __init__(self, folder: Path, wait: bool = False) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.wait = wait
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(self.path)
+            if not self.wait:
+                handle.close()
+                raise RunFolderError(
+                    f"run folder {self.path.parent} is in use by another run ({holder}); wait for it to end, "
+                    "use another run folder, or pass --data.init_args.wait_for_lock true to wait"
+                ) from None
+            print(f"waiting for run folder {self.path.parent}: in use by another run ({holder})", file=sys.stderr)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, json.JSONDecodeError):
+        return "holder unknown"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+
 
 PACKAGES = ("torch", "lightning", "diffusers", "transformers", "torchmetrics", "open_clip_torch", "llm-dit")
 
@@ -43,6 +114,15 @@ def model_fingerprint(module: Any) -> str:
         sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu()
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def components_fingerprint(pl_module: Any) -> str | None:
+    """Fingerprint of every part that shapes an image: text encoder, transformer and VAE."""
+    parts = [getattr(pl_module, name, None) for name in ("text_encoder", "transformer", "vae")]
+    parts = [part for part in parts if part is not None]
+    if not parts:
+        return None
+    return hashlib.sha256("".join(model_fingerprint(part) for part in parts).encode()).hexdigest()[:16]
 
 
 def write_run_record(trainer: L.Trainer, pl_module: Any, folder: Path) -> None:

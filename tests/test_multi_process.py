@@ -87,3 +87,55 @@ def test_killed_rank_resumes_without_repeating(tmp_path):
     assert sorted(r["item_id"] for r in rows) == sorted(item.item_id for item in study().items())
     for path, mtime in before.items():
         assert (run / path).stat().st_mtime_ns == mtime
+
+
+PEER_SCRIPT = r'''
+import os, sys, time
+from pathlib import Path
+import torch, lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from callbacks.writer import StudyWriter
+from llm_dit.data import StudyDataModule
+from llm_dit.module import ZImageModule
+from llm_dit.study import Study
+
+torch.set_num_threads(1)
+root, dead_rank = Path(sys.argv[1]), int(sys.argv[2])
+
+class Die(Callback):
+    """The chosen rank's process vanishes after its first batch (no clean shutdown)."""
+    def on_predict_batch_end(self, trainer, *args, **kwargs):
+        if trainer.global_rank == dead_rank:
+            os._exit(1)
+        time.sleep(1.0)
+
+study = Study(name="peer", prompts=["A cat", "A dog", "A bird"], seeds=[1], sampler={"steps": 1, "height": 32, "width": 32})
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", default_root_dir=root, enable_progress_bar=False,
+                    enable_model_summary=False, logger=TensorBoardLogger(root, name="lightning_logs", version="peer"),
+                    callbacks=[Die(), StudyWriter(peer_timeout_s=30)])
+trainer.predict(ZImageModule(weights="tiny"), datamodule=StudyDataModule(study, batch_size=1), return_predictions=False)
+'''
+
+
+@pytest.mark.parametrize("dead_rank", [0, 1])
+def test_dead_peer_ends_the_other_rank_with_a_resume_hint(tmp_path, dead_rank):
+    """Lightning's `ddp` launcher (the CLI's default for devices > 1) re-runs the script per rank;
+    a rank that dies must not leave the other waiting in a collective."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(PEER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    started = time.monotonic()
+    # communicate() returns when every process holding the stderr pipe (both ranks) has ended
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(dead_rank)], stderr=subprocess.PIPE,
+                          text=True, env=env, cwd=tmp_path, timeout=240)
+    elapsed = time.monotonic() - started
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, done.stderr[-3000:]
+    # the watchdog names the rank; a collective that fails first names the peer's connection
+    assert ("rank" in lines[0] and "stopped" in lines[0]) and "run the same command again to resume" in lines[0]
+    assert elapsed < 200
