@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from llm_dit import quiet
 from llm_dit.module import ZImageModule
 
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
@@ -82,6 +83,7 @@ def ensure_writer_last(trainer, subcommand: str | None) -> None:
 
 
 def cli_main(args: list[str] | None = None) -> StudyCLI | None:
+    quiet.install()  # before any third-party code speaks
     args = list(sys.argv[1:] if args is None else args)
     if args and args[0] == "report":
         return _report(args[1:])
