@@ -41,6 +41,7 @@ class StudyWriter(BasePredictionWriter):
         self.log_grids = log_grids
         self._log_grids_now = False
         self._previous_rows: dict[str, dict[str, Any]] = {}
+        self._warmed_up = False  # this process has generated a batch (compile, warm-up done)
 
     # ----- start: find what is done ---------------------------------------------------
 
@@ -70,6 +71,8 @@ class StudyWriter(BasePredictionWriter):
     ) -> None:
         folder = run_dir(trainer)
         rows = []
+        warmup = not self._warmed_up and not all(prediction.resumed)  # timing summaries leave these rows out
+        self._warmed_up = self._warmed_up or warmup
         for index, item in enumerate(prediction.items):
             if prediction.resumed[index]:
                 # Metrics recomputed on a finished item (e.g. a callback added on this run)
@@ -80,7 +83,7 @@ class StudyWriter(BasePredictionWriter):
                     rows.append({**previous, **fresh})
                 continue
             save_png_atomic(prediction.images[index], folder / item.image_name)
-            rows.append({**result_row(prediction, index), "rank": trainer.global_rank})
+            rows.append({**result_row(prediction, index), "rank": trainer.global_rank, "warmup": warmup})
         if rows:
             append_rows(folder / f"results.rank{trainer.global_rank}.jsonl", rows)
 
