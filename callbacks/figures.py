@@ -27,12 +27,14 @@ _CHAR_INCH = 0.075  # width of one 8-9 pt character
 
 def _size(
     n_cols: int, n_rows: int, cell: float = 0.6, base: tuple[float, float] = (3.0, 2.0),
-    col_labels: Sequence[str] = (), row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (), row_labels: Sequence[str] = (), title: str = "",
 ) -> tuple[float, float]:
-    """Figure size: the cells plus room for the longest row label (left) and rotated column label (below)."""
+    """Figure size: the cells plus room for the longest row label (left) and rotated column label
+    (below), and at least the title's width (a 12 pt title character is ~0.1 inch)."""
     row_room = _CHAR_INCH * max((len(r) for r in row_labels), default=0)
     col_room = 0.71 * _CHAR_INCH * max((len(c) for c in col_labels), default=0)  # 45 degrees: sin(45) of the width
-    return (min(base[0] + cell * n_cols + row_room, 30.0), min(base[1] + cell * n_rows + col_room, 24.0))
+    width = max(base[0] + cell * n_cols + row_room, 0.1 * len(title) + 1.5)
+    return (min(width, 30.0), min(base[1] + cell * n_rows + col_room, 24.0))
 
 
 def short_label(text: object, limit: int = MAX_LABEL) -> str:
@@ -107,7 +109,9 @@ def metric_heatmap(
     """Heatmap rows x columns -> metric (study 1: prompt_type x layer -> quality); NaN cells blank."""
     data = np.asarray(values, dtype=float)
     cols, rows = [short_label(c) for c in col_labels], [short_label(r) for r in row_labels]
-    fig = Figure(figsize=_size(len(cols), len(rows), cell=0.8, col_labels=cols, row_labels=rows), layout="constrained")
+    title = title or f"{metric}: {row_title} x {col_title}"
+    size = _size(len(cols), len(rows), cell=0.8, col_labels=cols, row_labels=rows, title=title)
+    fig = Figure(figsize=size, layout="constrained")
     ax = fig.add_subplot()
     low, high = _limits(data)
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto", vmin=low, vmax=high)
@@ -118,7 +122,7 @@ def metric_heatmap(
     _annotate(ax, data, image)
     bar = fig.colorbar(image, ax=ax, label=metric)
     bar.formatter.set_useOffset(False)
-    ax.set_title(title or f"{metric}: {row_title} x {col_title}")
+    ax.set_title(title)
     return fig
 
 
@@ -188,7 +192,8 @@ def cosine_matrix_figure(names: Sequence[str], matrix: np.ndarray | Sequence[Seq
     data = np.asarray(matrix, dtype=float)
     labels = [short_label(n) for n in names]
     fig = Figure(
-        figsize=_size(len(labels), len(labels), cell=0.7, base=(3.5, 3.0), col_labels=labels, row_labels=labels),
+        figsize=_size(len(labels), len(labels), cell=0.7, base=(3.5, 3.0), col_labels=labels, row_labels=labels,
+                      title="Embedding cosine similarity between conditions"),
         layout="constrained",
     )
     ax = fig.add_subplot()
@@ -232,7 +237,8 @@ def condition_bar_figure(
 ) -> Figure:
     """Mean and 95% CI per condition; the control bar is hatched."""
     labels = [short_label(c) for c in conditions]
-    fig = Figure(figsize=_size(len(labels), 0, cell=0.5, base=(2.5, 4.0), col_labels=labels), layout="constrained")
+    title = f"{metric} per condition (95% bootstrap CI)"
+    fig = Figure(figsize=_size(len(labels), 0, cell=0.5, base=(2.5, 4.0), col_labels=labels, title=title), layout="constrained")
     ax = fig.add_subplot()
     m = np.asarray(means, dtype=float)
     err = np.nan_to_num(np.array([m - np.asarray(lows, float), np.asarray(highs, float) - m]))
@@ -243,7 +249,7 @@ def condition_bar_figure(
             bar.set_color("tab:gray")
     ax.set_xticks(range(len(conditions)), [short_label(c) for c in conditions], rotation=45, ha="right", rotation_mode="anchor")
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per condition (95% bootstrap CI)")
+    ax.set_title(title)
     return fig
 
 
