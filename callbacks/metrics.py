@@ -213,10 +213,26 @@ def update_set_metrics(run_dir: Path, entries: Mapping[str, Any]) -> Path:
     """Merge ``entries`` into ``run_dir/set_metrics.json`` (atomic replace; call on rank 0).
 
     Format: ``{metric: {"kind": ..., "conditions": {name: {"value", "n", ...}}, "info": {...}}}``.
+
+    Item summaries (kind ``item_*``) come from the whole results table and
+    replace the earlier entry. Set metrics (FID, LPIPS diversity) are computed
+    from the images a run saw: a condition's earlier value computed over more
+    images (``n``) is kept, so a smoke run over a finished study cannot replace
+    a 250-image FID with a one-image one.
     """
     path = Path(run_dir) / SET_METRICS_FILE
     data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(entries)
+    for name, entry in entries.items():
+        previous = data.get(name)
+        if str(entry.get("kind", "")).startswith("item_") or not isinstance(previous, dict):
+            data[name] = entry
+            continue
+        conditions = dict(entry.get("conditions") or {})
+        for condition, old in (previous.get("conditions") or {}).items():
+            new = conditions.get(condition)
+            if new is None or (old.get("n") or 0) > (new.get("n") or 0):
+                conditions[condition] = old
+        data[name] = {**entry, "conditions": conditions}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str))

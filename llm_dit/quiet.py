@@ -60,9 +60,18 @@ class _DropMessages(logging.Filter):
 
 
 def install() -> None:
-    """Install the filters once per process (cheap, idempotent; a no-op with LLM_DIT_VERBOSE=1)."""
+    """Install the filters (idempotent; a no-op with LLM_DIT_VERBOSE=1).
+
+    Logger filters go on once per process; warning filters are re-applied on
+    every call, since ``warnings.catch_warnings`` blocks (pytest wraps each test
+    in one) restore the filter list on exit.
+    """
     global _installed
-    if _installed or os.environ.get("LLM_DIT_VERBOSE"):
+    if os.environ.get("LLM_DIT_VERBOSE"):
+        return
+    for pattern in WARNING_MESSAGES:
+        warnings.filterwarnings("ignore", message=pattern)  # an identical filter is replaced, not duplicated
+    if _installed:
         return
     _installed = True
     by_logger: dict[str, list[str]] = {}
@@ -70,5 +79,3 @@ def install() -> None:
         by_logger.setdefault(name, []).append(pattern)
     for name, patterns in by_logger.items():
         logging.getLogger(name).addFilter(_DropMessages(patterns))
-    for pattern in WARNING_MESSAGES:
-        warnings.filterwarnings("ignore", message=pattern)

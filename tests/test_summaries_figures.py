@@ -95,8 +95,7 @@ def test_quiet_drops_third_party_noise_and_keeps_useful_warnings(caplog):
         )
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
     with warnings.catch_warnings(record=True) as caught:
-        quiet._installed = False
-        quiet.install()  # filters go on top of catch_warnings' fresh list
+        quiet.install()  # warning filters are re-applied inside catch_warnings' fresh list
         warnings.warn("No seed found, seed set to 0")
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
         warnings.warn("CLIP score skipped: set ClipScoreCallback(pretrained=...)")
@@ -114,3 +113,20 @@ def test_random_weights_are_said_plainly(capsys):
     assert RANDOM_WEIGHTS_NOTE in capsys.readouterr().err
     TensorBoardReview().on_predict_start(trainer, SimpleNamespace(hparams=SimpleNamespace(weights="/models/zit"), device="cpu"))
     assert capsys.readouterr().err == ""
+
+
+def test_a_smaller_rerun_keeps_the_earlier_set_metric(tmp_path):
+    """FID / LPIPS see only a run's images: a smoke run must not replace a larger run's value."""
+    from callbacks.metrics import update_set_metrics
+
+    full = {"fid": {"kind": "set", "conditions": {"a": {"value": 10.0, "n": 250}, "b": {"value": 12.0, "n": 250}}}}
+    update_set_metrics(tmp_path, full)
+    smoke = {"fid": {"kind": "set", "conditions": {"a": {"value": 99.0, "n": 1}}}}
+    data = update_set_metrics(tmp_path, smoke).read_text()
+    assert '"value": 10.0' in data and '"value": 12.0' in data and "99.0" not in data
+    grown = {"fid": {"kind": "set", "conditions": {"a": {"value": 9.0, "n": 300}}}}
+    assert '"value": 9.0' in update_set_metrics(tmp_path, grown).read_text()
+    # item summaries come from the whole table: the newest entry is the truth
+    update_set_metrics(tmp_path, {"detail_score": {"kind": "item_mean", "conditions": {"a": {"value": 5.0, "n": 250}}}})
+    update_set_metrics(tmp_path, {"detail_score": {"kind": "item_mean", "conditions": {"a": {"value": 6.0, "n": 1}}}})
+    assert '"value": 6.0' in (tmp_path / "set_metrics.json").read_text()
