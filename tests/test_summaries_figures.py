@@ -56,6 +56,7 @@ def inside_canvas(fig) -> bool:
     return True
 
 
+@pytest.mark.filterwarnings("ignore:constrained_layout not applied")  # the label is too long on purpose
 def test_the_check_catches_a_clipped_label():
     fig = figures.condition_bar_figure(["a"], [1], [0.5], [1.5], "clip")
     fig.axes[0].set_xticks([0], ["x" * 300])
