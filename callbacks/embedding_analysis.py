@@ -21,14 +21,25 @@ in the run folder, read by the report and the TensorBoard review:
     drift:         {layers, series}: context-refiner drift per block and condition,
                    when the module recorded it (model.record_refiner_drift).
 
-Two ways to fill it: `EmbeddingAnalysis`, a callback that keeps the features
-each predict batch already computed, or `analyze_embeddings(encoder, study)`,
-which runs only the text encoder (no DiT, no VAE) and so works anywhere.
+Two ways to fill it: `EmbeddingAnalysis`, a callback, or
+`analyze_embeddings(encoder, study)`, which runs only the text encoder (no DiT,
+no VAE) and so works anywhere.
+
+The callback never summarizes "what this run saw". When an item is generated
+it stores that (prompt, condition)'s summary (pooled features, user rows,
+segment statistics) in a sidecar file, `embeddings/<condition>/p<prompt>.safetensors`
+in the run folder; at predict end it summarizes every (prompt, condition) of
+the merged results table from those files, and the refiner drift from the
+table's `extra.refiner_drift` column. A resumed run, or a one-prompt smoke
+run over a finished study, therefore writes exactly the file an uninterrupted
+run writes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +49,13 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from safetensors.torch import load_file, save_file
+
+from callbacks.metrics import is_number, item_row, table_rows
 
 ANALYSIS_FILE = "embedding_analysis.json"
 FIGURE_FILE = "figures/cosine_matrix.png"
+SIDECAR_FOLDER = "embeddings"
 USER, THINK = "user", "think"
 REFINER_TARGET = "context_refiner"
 # Token-wise comparison keeps the user rows of every (prompt, condition) in memory:
@@ -161,8 +176,8 @@ def _matrix(names: list[str], table: dict[str, dict[int, EmbeddingRecord]], pair
     for i in range(size):
         for j in range(i, size):
             a, b = table[names[i]], table[names[j]]
-            values = [v for p in a.keys() & b.keys() if (v := pair(a[p], b[p])) is not None]
-            value = sum(values) / len(values) if values else None
+            values = [v for p in sorted(a.keys() & b.keys()) if (v := pair(a[p], b[p])) is not None]
+            value = math.fsum(values) / len(values) if values else None
             matrix[i][j] = matrix[j][i] = value
     return matrix
 
@@ -237,7 +252,8 @@ def drift_summary(drift: dict[str, list[list[float]]], names: Sequence[str]) -> 
 
 
 def _mean(values: Sequence[float]) -> float | None:
-    return float(sum(values) / len(values)) if values else None
+    """Exact (order-independent) mean: the same items give the same bits in any order."""
+    return float(math.fsum(values) / len(values)) if values else None
 
 
 def _ratio(think: dict[str, Any], user: dict[str, Any]) -> float | None:
@@ -285,7 +301,14 @@ def _first_per_prompt(items: Iterable[Any]) -> list[Any]:
 
 
 def write_analysis(result: dict[str, Any], folder: Path) -> tuple[Path, Any]:
-    """Write embedding_analysis.json and figures/cosine_matrix.png; return (json path, figure or None)."""
+    """Write embedding_analysis.json and figures/cosine_matrix.png; return (json path, figure or None).
+
+    The figure is left out (and an older one removed) when every cell is the same
+    number: conditions that share one encoding (surgery or sampler studies) can
+    only show 1.0 there, which says nothing.
+    """
+    from callbacks.figures import varies
+
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ANALYSIS_FILE
     temporary = path.with_suffix(".tmp")
@@ -293,10 +316,12 @@ def write_analysis(result: dict[str, Any], folder: Path) -> tuple[Path, Any]:
     temporary.replace(path)
     figure = None
     cosine = result.get("cosine_matrix") or {}
-    if cosine.get("names"):
+    if cosine.get("names") and varies(cosine.get("matrix") or []):
         figure = cosine_figure(cosine["names"], cosine["matrix"])
         (folder / FIGURE_FILE).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / FIGURE_FILE, dpi=110)
+    else:
+        (folder / FIGURE_FILE).unlink(missing_ok=True)
     return path, figure
 
 
@@ -308,18 +333,87 @@ def cosine_figure(names: Sequence[str], matrix: Sequence[Sequence[float | None]]
     return cosine_matrix_figure(list(names), values)
 
 
+# ----- per-item sidecars: what the summary needs, stored when the item is generated -------
+
+
+def sidecar_path(run_dir: Path, item_id: str, prompt_index: int) -> Path:
+    """`embeddings/<condition folder>/p<prompt>.safetensors`: one file per (prompt, condition); seeds share it."""
+    return Path(run_dir) / SIDECAR_FOLDER / Path(str(item_id)).parent / f"p{int(prompt_index):03d}.safetensors"
+
+
+def save_record(record: EmbeddingRecord, path: Path, prompt: str) -> None:
+    """Write `record` losslessly (float32 tensors + JSON metadata), atomically (ranks may race)."""
+    tensors = {"mean": record.mean.detach().float().contiguous()}
+    if record.user_rows is not None:
+        tensors["user_rows"] = record.user_rows.detach().float().contiguous()
+    if record.user_token_ids:
+        tensors["user_token_ids"] = torch.tensor(record.user_token_ids, dtype=torch.int64)
+    fields = {
+        "prompt": prompt, "prompt_index": record.prompt_index, "condition": record.condition,
+        "num_tokens": record.num_tokens, "num_rows": record.num_rows, "compressed": record.compressed,
+        "segment_tokens": record.segment_tokens, "segment_norms": record.segment_norms,
+        "think_user_cosine": record.think_user_cosine,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(temporary), metadata={"record": json.dumps(fields)})
+    os.replace(temporary, path)
+
+
+def load_record(path: Path, prompt: str | None = None) -> EmbeddingRecord | None:
+    """The record stored at `path`, or None when absent, unreadable or made for another prompt text."""
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            fields = json.loads((handle.metadata() or {})["record"])
+        tensors = load_file(str(path))
+    except Exception:  # a torn or foreign file: treated as missing, so the item's pair is re-stored
+        return None
+    if prompt is not None and fields.get("prompt") != prompt:
+        return None
+    ids = tensors.get("user_token_ids")
+    return EmbeddingRecord(
+        prompt_index=int(fields["prompt_index"]),
+        condition=str(fields["condition"]),
+        mean=tensors["mean"],
+        num_tokens=int(fields["num_tokens"]),
+        num_rows=int(fields["num_rows"]),
+        compressed=bool(fields["compressed"]),
+        user_token_ids=tuple(int(i) for i in ids.tolist()) if ids is not None else (),
+        user_rows=tensors.get("user_rows"),
+        segment_tokens={k: int(v) for k, v in fields["segment_tokens"].items()},
+        segment_norms={k: float(v) for k, v in fields["segment_norms"].items()},
+        think_user_cosine=fields.get("think_user_cosine"),
+    )
+
+
+def drift_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    """Per condition, each item's per-block refiner drift stored in the table (`extra.refiner_drift`)."""
+    drift: dict[str, list[list[float]]] = {}
+    for row in rows:
+        values = row.get("extra.refiner_drift")
+        if isinstance(values, list) and values and all(is_number(v) for v in values):
+            drift.setdefault(str(row["condition"]), []).append([float(v) for v in values])
+    return drift
+
+
 # ----- the callback ------------------------------------------------------------------------
 
 
 class EmbeddingAnalysis(Callback):
-    """Collects caption-feature summaries during predict and writes embedding_analysis.json at the end.
+    """Stores each generated (prompt, condition)'s caption-feature summary; writes embedding_analysis.json.
 
-    Items resumed from an earlier run carry no features; with `fill_resumed`
-    rank 0 encodes those (prompt, condition) pairs again with the module's
-    encoder, so a resumed run still gets the full analysis.
+    The summary covers every (prompt, condition) of the merged results table
+    (see the module docstring), read from the sidecars stored at generation time.
+    Tables made before sidecars existed lack them: with `fill_resumed`, rank 0
+    encodes those pairs once with the module's text encoder (when the current
+    study still has them) and stores their sidecars, so later runs read them back.
 
     Args:
-        fill_resumed: re-encode (text encoder only) the pairs every rank missed.
+        fill_resumed: encode (text encoder only) table pairs that have no sidecar.
         log_figure: log the cosine matrix to TensorBoard (rank 0).
     """
 
@@ -327,53 +421,78 @@ class EmbeddingAnalysis(Callback):
         super().__init__()
         self.fill_resumed = fill_resumed
         self.log_figure = log_figure
-        self._records: dict[tuple[int, str], EmbeddingRecord] = {}
-        self._drift: dict[str, list[list[float]]] = {}
+        self._stored: set[tuple[int, str]] = set()
+        self._local: list[dict[str, Any]] = []  # this run's items as table rows (see callbacks.metrics.table_rows)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._records, self._drift = {}, {}
+        self._stored, self._local = set(), []
 
     def on_predict_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
+        from llm_dit.run import run_dir
+
         embeddings = getattr(outputs, "embeddings", None) or []
         encodings = getattr(outputs, "encodings", None) or []
+        resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
         drift = (getattr(outputs, "extras", None) or {}).get("refiner_drift") or []
         for index, item in enumerate(outputs.items):
-            if index < len(drift) and drift[index]:
-                self._drift.setdefault(item.condition, []).append(list(drift[index]))
+            row = {**item_row(item), "prompt": item.prompt}
+            if not resumed[index] and index < len(drift) and drift[index]:
+                row["extra.refiner_drift"] = list(drift[index])
+            self._local.append(row)
             key = (item.prompt_index, item.condition)
-            if key in self._records or index >= len(embeddings) or embeddings[index] is None:
+            if resumed[index] or key in self._stored or index >= len(embeddings) or embeddings[index] is None:
                 continue
             if index < len(encodings) and encodings[index] is not None:
-                self._records[key] = make_record(embeddings[index], encodings[index], *key)
+                record = make_record(embeddings[index], encodings[index], *key)
+                save_record(record, sidecar_path(run_dir(trainer), item.item_id, item.prompt_index), item.prompt)
+                self._stored.add(key)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        records = _merge(_gather(list(self._records.values())))
-        drift = _merge_drift(_gather(self._drift))
-        if not trainer.is_global_zero:
+        from llm_dit.run import run_dir
+
+        rows = table_rows(trainer, self._local)
+        if not trainer.is_global_zero or not rows:
             return
+        folder = run_dir(trainer)
         study = getattr(getattr(trainer, "datamodule", None), "study", None)
-        if self.fill_resumed:
-            records += self._encode_missing(trainer, pl_module, {r.key for r in records})
-        if not records:
+        pairs: dict[tuple[int, str], dict[str, Any]] = {}
+        for row in rows:
+            pairs.setdefault((int(row["prompt_index"]), str(row["condition"])), row)
+        records, missing = [], []
+        for key, row in pairs.items():
+            record = load_record(sidecar_path(folder, row["item_id"], key[0]), row.get("prompt"))
+            if record is None:
+                missing.append(key)
+            else:
+                records.append(record)
+        if missing and self.fill_resumed:
+            records += self._encode_missing(trainer, pl_module, set(missing), folder)
+        if not records and not any("extra.refiner_drift" in row for row in rows):
             return
         conditions = [c.name for c in study.resolved_conditions()] if study is not None else []
         control = study.control if study is not None else "control"
-        result = summarize(records, conditions, control, drift)
+        result = summarize(records, conditions, control, drift_from_rows(rows))
         header = {"study": getattr(study, "name", None), "kind": getattr(study, "kind", None), "source": "predict"}
-        from llm_dit.run import run_dir
-
-        _, figure = write_analysis({**header, **result}, run_dir(trainer))
+        _, figure = write_analysis({**header, **result}, folder)
         self._log(trainer, result, figure)
 
-    def _encode_missing(self, trainer: L.Trainer, pl_module: L.LightningModule, have: set) -> list[EmbeddingRecord]:
+    def _encode_missing(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, missing: set[tuple[int, str]], folder: Path
+    ) -> list[EmbeddingRecord]:
+        """Encode the missing pairs the current study still has, and store their sidecars."""
         items = getattr(getattr(trainer, "datamodule", None), "items", None) or []
-        missing = [item for item in _first_per_prompt(items) if (item.prompt_index, item.condition) not in have]
+        todo = [item for item in _first_per_prompt(items) if (item.prompt_index, item.condition) in missing]
         encoder = getattr(pl_module, "encoder", None)
-        if not missing or encoder is None:
+        if not todo or encoder is None:
             return []
-        return encode_records(encoder, missing)
+        records = encode_records(encoder, todo)
+        by_key = {(item.prompt_index, item.condition): item for item in todo}
+        for record in records:
+            item = by_key[record.key]
+            save_record(record, sidecar_path(folder, item.item_id, item.prompt_index), item.prompt)
+        return records
 
     def _log(self, trainer: L.Trainer, result: dict[str, Any], figure: Any) -> None:
         logger = trainer.logger
@@ -385,28 +504,3 @@ class EmbeddingAnalysis(Callback):
         for name, values in result["drift_vs_control"].items():
             if values["semantic_drift"] is not None and hasattr(experiment, "add_scalar"):
                 experiment.add_scalar(f"embedding_analysis/semantic_drift/{name}", values["semantic_drift"], 0)
-
-
-def _gather(local: Any) -> list[Any]:
-    """Every rank's `local` (just `[local]` outside a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [local]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, local)
-    return out
-
-
-def _merge(parts: list[list[EmbeddingRecord]]) -> list[EmbeddingRecord]:
-    merged: dict[tuple[int, str], EmbeddingRecord] = {}
-    for part in parts:
-        for record in part:
-            merged.setdefault(record.key, record)
-    return list(merged.values())
-
-
-def _merge_drift(parts: list[dict[str, list[list[float]]]]) -> dict[str, list[list[float]]]:
-    merged: dict[str, list[list[float]]] = {}
-    for part in parts:
-        for name, rows in part.items():
-            merged.setdefault(name, []).extend(rows)
-    return merged

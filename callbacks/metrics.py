@@ -14,22 +14,30 @@ states, synced by ``compute()``. Two torchmetrics details shape this module:
   the same order as the metric syncs.
 
 ``ItemMetricCallback`` (base of the per-item metric callbacks): a subclass names
-its metrics up front (``metric_names``: the same on every rank, so every rank
-runs the same syncs in the same order) and implements ``score``. The base class
+its metrics up front (``metric_names``) and implements ``score``. The base class
 
-* writes the per-item values into ``GeneratedBatch.metrics`` in
-  ``on_predict_batch_end`` (the prediction writer, which runs after the metric
-  callbacks, stores them as ``metric.<name>`` columns of results.jsonl);
-* keeps one ``ConditionValues`` per metric so the per-condition means are
-  synced across ranks at ``on_predict_end``;
-* writes those means to ``set_metrics.json`` on rank 0 (kind ``item_mean``).
+* scores the items generated in this batch and writes the values into
+  ``GeneratedBatch.metrics`` in ``on_predict_batch_end`` (the prediction writer,
+  which runs after the metric callbacks, stores them as ``metric.<name>``
+  columns of results.jsonl);
+* never scores a resumed item (an image read back from its 8-bit PNG): it hands
+  on the values stored in that item's row when it was generated, so a resume
+  cannot move a number;
+* writes the per-condition summaries to ``set_metrics.json`` (kind ``item_mean``
+  or ``item_max``) on rank 0 at predict end, computed from the whole results
+  table (every rank's rows, earlier runs' rows included), never from this run's
+  batches: a resume or a one-prompt smoke run over a finished study leaves the
+  summaries exactly as one uninterrupted run would.
 
-Resumed items (images loaded from disk) arrive in the batch like generated
-ones and are scored the same way, so a resumed run ends with complete metrics.
+Summaries read the table through ``table_rows``: rows in a fixed order
+(condition index, prompt index, seed), so sums are the same whatever order the
+items were generated in. Rows marked ``"warmup": true`` (the first generated
+batch of a process: compile, allocator warm-up) are left out of timing summaries.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -205,10 +213,26 @@ def update_set_metrics(run_dir: Path, entries: Mapping[str, Any]) -> Path:
     """Merge ``entries`` into ``run_dir/set_metrics.json`` (atomic replace; call on rank 0).
 
     Format: ``{metric: {"kind": ..., "conditions": {name: {"value", "n", ...}}, "info": {...}}}``.
+
+    Item summaries (kind ``item_*``) come from the whole results table and
+    replace the earlier entry. Set metrics (FID, LPIPS diversity) are computed
+    from the images a run saw: a condition's earlier value computed over more
+    images (``n``) is kept, so a smoke run over a finished study cannot replace
+    a 250-image FID with a one-image one.
     """
     path = Path(run_dir) / SET_METRICS_FILE
     data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(entries)
+    for name, entry in entries.items():
+        previous = data.get(name)
+        if str(entry.get("kind", "")).startswith("item_") or not isinstance(previous, dict):
+            data[name] = entry
+            continue
+        conditions = dict(entry.get("conditions") or {})
+        for condition, old in (previous.get("conditions") or {}).items():
+            new = conditions.get(condition)
+            if new is None or (old.get("n") or 0) > (new.get("n") or 0):
+                conditions[condition] = old
+        data[name] = {**entry, "conditions": conditions}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str))
@@ -233,18 +257,91 @@ def read_results_table(run_dir: Path | None) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def table_rows(trainer: Any, local_rows: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The merged results table, on rank 0 ([] elsewhere): what every summary is computed from.
+
+    Collective (call it on every rank): gathers each rank's ``local_rows``
+    (rows a callback built from this run's batches: item_id, condition,
+    condition_index, prompt_index, seed and its columns), which also waits for
+    every rank, so each rank's table shard is complete. Then rank 0 reads the
+    merged table and the shards the way the writer merges them. A table row
+    wins over a local row of the same item field by field; local rows fill in
+    only what no table holds (a run without a StudyWriter), so with the writer
+    the result is exactly the table, whichever items this run generated.
+    Rows come sorted by (condition index, prompt index, seed, item id), so every
+    summary sums in the same order on every run.
+    """
+    parts = gather_objects(list(local_rows))
+    run_dir = run_dir_of(trainer)
+    if not getattr(trainer, "is_global_zero", True):
+        return []
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for row in part:
+            merged.setdefault(str(row["item_id"]), {}).update(row)
+    if run_dir is not None:
+        from callbacks.writer import all_rows
+
+        for item_id, row in all_rows(run_dir).items():
+            merged[str(item_id)] = {**merged.get(str(item_id), {}), **row}
+    return sorted_rows(merged.values())
+
+
+def item_row(item: Any) -> dict[str, Any]:
+    """The key columns of an item's results row (for ``table_rows``' local rows)."""
+    return {
+        "item_id": item.item_id, "condition": item.condition, "condition_index": item.condition_index,
+        "prompt_index": item.prompt_index, "seed": item.seed,
+    }
+
+
+def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in the table's canonical order (condition index, prompt index, seed, item id)."""
+    key = lambda r: (r.get("condition_index", 0), r.get("prompt_index", 0), r.get("seed", 0), str(r.get("item_id")))  # noqa: E731
+    return sorted(rows, key=key)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def column_summary(
+    rows: Iterable[dict[str, Any]], column: str, reduce: str = "mean", skip_warmup: bool = False
+) -> dict[str, dict[str, float | int]]:
+    """``{condition: {"value", "n"}}``: mean (or max) of the numeric cells of ``column`` per condition.
+
+    Conditions appear in row order; rows without a number in ``column`` (and
+    warm-up rows when ``skip_warmup``) are left out, never counted as 0.
+    """
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if skip_warmup and row.get("warmup"):
+            continue
+        value = row.get(column)
+        if is_number(value):
+            values.setdefault(str(row.get("condition")), []).append(float(value))
+    return {
+        name: {"value": max(vals) if reduce == "max" else math.fsum(vals) / len(vals), "n": len(vals)}
+        for name, vals in values.items()
+    }
+
+
 class ItemMetricCallback(Callback):
-    """Scores every item of every predict batch; subclasses implement ``score``."""
+    """Scores every generated item of every predict batch; subclasses implement ``score``."""
 
     #: reduction per metric for the per-condition summary ("mean" unless listed)
     reductions: dict[str, str] = {}
     #: metrics aggregated per condition but not added to ``GeneratedBatch.metrics``
     private_metrics: frozenset[str] = frozenset()
+    #: results-table column of a metric, where it is not ``metric.<name>``
+    table_columns: dict[str, str] = {}
+    #: metrics whose summaries leave out warm-up rows (timing)
+    skip_warmup: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         super().__init__()
-        self._values: dict[str, ConditionValues] = {}
-        self._condition_names: dict[int, str] = {}
+        self._stored: dict[str, dict[str, Any]] = {}  # results rows of earlier runs, by item id
+        self._local: dict[str, dict[str, Any]] = {}  # this run's items as table rows (see table_rows)
         self._summary: dict[str, dict[str, dict[str, float | int]]] | None = None
         self._warned = False
 
@@ -278,10 +375,8 @@ class ItemMetricCallback(Callback):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.prepare(trainer, pl_module)
         self._summary = None
-        self._condition_names = {}
-        self._values = (
-            {name: ConditionValues().to(pl_module.device) for name in self.metric_names} if self.enabled() else {}
-        )
+        self._stored = read_results_table(run_dir_of(trainer))
+        self._local = {}
 
     def on_predict_batch_end(
         self,
@@ -292,46 +387,70 @@ class ItemMetricCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self.enabled() or outputs is None or not outputs.items:
+        if outputs is None or not outputs.items:
             return
-        scores = self.score(outputs, pl_module.device)
-        keys = item_keys(outputs.items, pl_module.device)
-        for name in self.metric_names:
-            values = scores.get(name) or [None] * len(outputs.items)
-            if name not in self.private_metrics:
-                outputs.metrics[name] = [None if v is None or math.isnan(v) else float(v) for v in values]
-            self._values[name].update(*keys, as_column(values, pl_module.device))
+        resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
+        fresh = [i for i, done in enumerate(resumed) if not done]
+        scores = self.score(subset(outputs, fresh), pl_module.device) if fresh and self.enabled() else {}
         for item in outputs.items:
-            self._condition_names[item.condition_index] = item.condition
+            self._local.setdefault(item.item_id, item_row(item))
+        for name in self.metric_names:
+            generated = iter(scores.get(name) or [None] * len(fresh))
+            values: list[float | None] = []
+            for item, done in zip(outputs.items, resumed):
+                # A resumed item keeps what was stored when it was generated (None if nothing was).
+                value = self._stored.get(item.item_id, {}).get(self.column(name)) if done else next(generated)
+                values.append(float(value) if is_number(value) else None)
+                self._local[item.item_id][self.column(name)] = values[-1]
+            if name not in self.private_metrics and (any(v is not None for v in values) or self.enabled()):
+                outputs.metrics[name] = values
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        summary = self.condition_summary()
+        rows = table_rows(trainer, self._local.values())
         run_dir = run_dir_of(trainer)
-        if trainer.is_global_zero and run_dir is not None and summary:
+        if not trainer.is_global_zero or run_dir is None:
+            return
+        self._summary = self.table_summary(rows)
+        if self._summary:
             update_set_metrics(
                 run_dir,
                 {
-                    name: {
-                        "kind": "item_" + self.reductions.get(name, "mean"),
-                        "conditions": conds,
-                        "info": self.info(name),
-                    }
-                    for name, conds in summary.items()
-                    if conds
+                    name: {"kind": "item_" + self.reductions.get(name, "mean"), "conditions": conds, "info": self.info(name)}
+                    for name, conds in self._summary.items()
                 },
             )
 
-    def condition_summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
-        """``{metric: {condition name: {"value", "n"}}}`` synced over ranks (cached).
+    def column(self, metric: str) -> str:
+        """The results-table column holding ``metric``."""
+        return self.table_columns.get(metric, f"metric.{metric}")
 
-        Collective: call it on every rank (the hooks do).
-        """
-        if self._summary is None:
-            names = gather_dict(self._condition_names)
-            self._summary = {}
-            for metric, state in self._values.items():
-                per_index = summarize(compute_quietly(state), self.reductions.get(metric, "mean"))
-                self._summary[metric] = {
-                    names.get(i, str(i)): {"value": value, "n": n} for i, (value, n) in per_index.items()
-                }
-        return self._summary
+    def table_summary(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | int]]]:
+        """``{metric: {condition: {"value", "n"}}}`` from results-table rows (metrics without values left out)."""
+        summary = {}
+        for name in self.metric_names:
+            conds = column_summary(
+                rows, self.column(name), self.reductions.get(name, "mean"), skip_warmup=name in self.skip_warmup
+            )
+            if conds:
+                summary[name] = conds
+        return summary
+
+    def condition_summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
+        """The summary written at predict end (rank 0; {} elsewhere and before predict end)."""
+        return self._summary or {}
+
+
+def subset(batch: Any, indices: list[int]) -> Any:
+    """A shallow copy of a ``GeneratedBatch`` holding only the items at ``indices``."""
+    if len(indices) == len(batch.items):
+        return batch
+    part = copy.copy(batch)
+    pick = lambda values: [values[i] for i in indices if i < len(values)]  # noqa: E731
+    part.items = pick(batch.items)
+    part.images = batch.images[indices]
+    for name in ("resumed", "embeddings", "encodings"):
+        if getattr(batch, name, None) is not None:
+            setattr(part, name, pick(getattr(batch, name)))
+    part.metrics = {}
+    part.extras = {k: pick(v) if isinstance(v, list) else v for k, v in (getattr(batch, "extras", None) or {}).items()}
+    return part

@@ -1,8 +1,15 @@
 """Everything a person reviews in TensorBoard after a study, written at predict end.
 
 Lightning forbids ``self.log`` in predict hooks, so this callback writes
-through ``trainer.logger.experiment`` (a ``SummaryWriter``) on rank 0, after
-every number has been synced across ranks:
+through ``trainer.logger.experiment`` (a ``SummaryWriter``) on rank 0. Every
+number, grid and figure comes from the merged results table (every rank's rows
+and every earlier run's rows in the run folder: ``callbacks.metrics.table_rows``),
+``set_metrics.json`` and ``embedding_analysis.json``, never from the batches of
+this run alone: a resume or a one-prompt smoke run over a finished study writes
+the same values an uninterrupted run does. Timing leaves out warm-up rows.
+
+* ``provenance`` text (and one console line at predict start) when the weights
+  are random (``llm_dit.provenance``): the images are noise;
 
 * ``grids/<condition>``: thumbnail grid per condition, rows = prompts, columns = seeds
   (capped at ``grid_prompts`` x ``grid_seeds``);
@@ -16,9 +23,8 @@ every number has been synced across ranks:
   compression ratio vs quality per mode (Q5.6), and the cosine-similarity
   matrix / drift per layer when ``embedding_analysis.json`` is in the run dir.
 
-Place it after the metric callbacks. It reads every name in
-``GeneratedBatch.metrics`` (whoever added it) and asks callbacks that have a
-``condition_summary()`` (FID, LPIPS diversity, timing) for their set metrics.
+Place it after the metric callbacks: their summaries are in ``set_metrics.json``
+by the time it runs. Grids are read back from the PNGs of the table's rows.
 ``StudyWriter(log_grids=True)`` logs full-resolution grids of every prompt under
 ``grid/<condition>``; next to this callback, ``log_grids=False`` avoids the duplicate.
 """
@@ -28,23 +34,28 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image
 from torch import Tensor
 
 from callbacks import figures
 from callbacks.metrics import (
-    ConditionValues,
     KeyedImages,
-    as_column,
     compute_quietly,
-    gather_objects,
     item_keys,
+    item_row,
+    resize_square,
     run_dir_of,
+    table_rows,
+    to_uint8,
 )
+from llm_dit.provenance import RANDOM_WEIGHTS_NOTE, weights_are_random
 from llm_dit.report.run_data import RunData
 from llm_dit.report.tables import quality_metric, study_figures
 
@@ -75,16 +86,18 @@ class TensorBoardReview(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._rows: list[tuple[int, int, int, dict[str, float | None]]] = []
-        self._conditions: dict[int, dict[str, Any]] = {}
-        self._prompts: dict[int, dict[str, Any]] = {}
-        self._thumbs: KeyedImages | None = None
-        self.run: RunData | None = None  # the synced data, kept for inspection and tests
+        self.run: RunData | None = None  # what was written, kept for inspection and tests
+        self._weights: str | None = None
+        self._local: list[dict[str, Any]] = []  # this run's items as table rows (used only where no table row exists)
+        self._thumbs: KeyedImages | None = None  # likewise for grid cells without a PNG (no StudyWriter)
+        self._memory: dict[tuple[int, int, int], Tensor] = {}
 
-    # -- collection (every rank) ---------------------------------------------
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._reset()
         self._thumbs = KeyedImages(self.thumbnail_size).to(pl_module.device)
+        self._weights = getattr(getattr(pl_module, "hparams", None), "weights", None)
+        if trainer.is_global_zero and self._weights is not None and weights_are_random(self._weights):
+            print(f"llm-dit: {RANDOM_WEIGHTS_NOTE} (weights: {self._weights})", file=sys.stderr)
 
     def on_predict_batch_end(
         self,
@@ -99,27 +112,35 @@ class TensorBoardReview(Callback):
             return
         resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
         for i, item in enumerate(outputs.items):
-            values = {f"metric.{name}": vals[i] for name, vals in outputs.metrics.items() if i < len(vals)}
-            values["seconds"] = None if resumed[i] else outputs.seconds_per_image
-            self._rows.append((item.condition_index, item.prompt_index, item.seed, values))
-            self._conditions.setdefault(item.condition_index, _condition_info(item))
-            self._prompts.setdefault(item.prompt_index, _prompt_info(item))
+            row = {**_local_row(item), **{f"metric.{n}": v[i] for n, v in outputs.metrics.items() if i < len(v)}}
+            row["seconds"] = None if resumed[i] else outputs.seconds_per_image
+            self._local.append(row)
         show = [i for i, item in enumerate(outputs.items) if item.prompt_index < self.grid_prompts]
         if show:
             keys = torch.stack(item_keys([outputs.items[i] for i in show], pl_module.device), dim=1)
             self._thumbs.update(keys, outputs.images[show])
 
-    # -- sync (every rank) then write (rank 0) ---------------------------------
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        rows = table_rows(trainer, self._local)  # collective: every rank waits here
+        keys, pixels = compute_quietly(self._thumbs)  # collective too
         run_dir = run_dir_of(trainer)
-        self.run = self._synced(trainer, pl_module.device, run_dir)
-        keys, pixels = compute_quietly(self._thumbs)
-        if not trainer.is_global_zero or run_dir is None:
+        if not trainer.is_global_zero or run_dir is None or not rows:
             return
+        self._memory = {tuple(int(k) for k in key): pixels[i].cpu() for i, key in enumerate(keys.tolist())}
+        self.run = RunData(
+            rows,
+            _read_json(run_dir, "study.json") or {},
+            _read_json(run_dir, "set_metrics.json") or {},
+            _read_json(run_dir, "embedding_analysis.json") or {},
+            run_dir,
+        )
         experiment = getattr(trainer.logger, "experiment", None)
         writer = experiment if hasattr(experiment, "add_image") else None
         if writer is not None:
-            self._write_grids(writer, keys, pixels.cpu())
+            if self._weights is not None and weights_are_random(self._weights):
+                writer.add_text("provenance", f"**{RANDOM_WEIGHTS_NOTE}** (weights: `{self._weights}`)", global_step=0)
+            self._write_grids(writer, run_dir)
+            self._memory = {}
             self._write_scalars(writer, self.run)
             if self.hparams:
                 self._write_hparams(writer, self.run)
@@ -130,58 +151,37 @@ class TensorBoardReview(Callback):
         if writer is not None:
             writer.flush()
 
-    def _synced(self, trainer: Trainer, device: torch.device, run_dir: Path | None) -> RunData:
-        """The rows of every rank (as results.jsonl rows) plus the callbacks' set metrics."""
-        parts = gather_objects((self._conditions, self._prompts, sorted({n for *_, v in self._rows for n in v})))
-        conditions: dict[int, dict[str, Any]] = {}
-        prompts: dict[int, dict[str, Any]] = {}
-        for c, p, _ in reversed(parts):
-            conditions.update(c)
-            prompts.update(p)
-        rows: dict[tuple[int, int, int], dict[str, Any]] = {}
-        for column in sorted({n for *_, names in parts for n in names}):
-            state = ConditionValues().to(device)
-            if self._rows:
-                cond, prompt, seed = (torch.tensor([r[k] for r in self._rows], dtype=torch.float64) for k in range(3))
-                state.update(cond, prompt, seed, as_column([r[3].get(column) for r in self._rows]))
-            synced = compute_quietly(state)
-            for c, p, s, v in zip(*(synced[k].reshape(-1).tolist() for k in ("condition", "prompt", "seed", "value"))):
-                key = (int(c), int(p), int(s))
-                row = rows.setdefault(key, _row(key, conditions, prompts))
-                if not math.isnan(v):
-                    row[column] = v
-        set_metrics: dict[str, Any] = {}
-        for callback in trainer.callbacks:
-            if callback is not self and hasattr(callback, "condition_summary"):
-                for name, per_condition in callback.condition_summary().items():
-                    set_metrics[name] = {
-                        "kind": "set" if name.startswith("fid") else "item",
-                        "conditions": per_condition,
-                    }
-        study = _read_json(run_dir, "study.json") or {
-            "conditions": [{"name": c["name"], "variables": c["variables"]} for _, c in sorted(conditions.items())]
-        }
-        return RunData(
-            sorted(rows.values(), key=lambda r: (r["condition_index"], r["prompt_index"], r["seed"])),
-            study,
-            set_metrics,
-            _read_json(run_dir, "embedding_analysis.json") or {},
-            run_dir,
-        )
-
     # -- writers ----------------------------------------------------------------
-    def _write_grids(self, writer: Any, keys: Tensor, pixels: Tensor) -> None:
-        for name, index in _indices(self.run).items():
-            mask = keys[:, 0] == index
-            if not mask.any():
+    def _write_grids(self, writer: Any, run_dir: Path) -> None:
+        """Per condition: the lowest prompts x seeds of the table, from their PNGs.
+
+        A cell without a PNG (a run without a StudyWriter) shows this run's thumbnail.
+        """
+        for name in self.run.conditions:
+            rows = {(int(r["prompt_index"]), int(r["seed"])): r for r in self.run.rows_of(name)}
+            prompts = sorted({p for p, _ in rows})[: self.grid_prompts]
+            seeds = sorted({s for _, s in rows})[: self.grid_seeds]
+            keys, cells = [], []
+            for prompt in prompts:
+                for seed in seeds:
+                    if (cell := self._thumbnail(run_dir, rows.get((prompt, seed)))) is not None:
+                        keys.append([0, prompt, seed])
+                        cells.append(cell)
+            if not cells:
                 continue
-            prompts = sorted({int(p) for p in keys[mask][:, 1].tolist()})[: self.grid_prompts]
-            seeds = sorted({int(s) for s in keys[mask][:, 2].tolist()})[: self.grid_seeds]
-            writer.add_image(
-                f"grids/{name}", image_grid(keys[mask], pixels[mask], prompts, seeds), 0, dataformats="CHW"
-            )
+            grid = image_grid(torch.tensor(keys, dtype=torch.float64), torch.stack(cells), prompts, seeds)
+            writer.add_image(f"grids/{name}", grid, 0, dataformats="CHW")
             legend = "\n".join(f"- row {r}: p{p:03d} {self._prompt_text(p)}" for r, p in enumerate(prompts))
             writer.add_text(f"grids/{name}", f"columns = seeds {seeds}\n\n{legend}", global_step=0)
+
+    def _thumbnail(self, run_dir: Path, row: dict[str, Any] | None) -> Tensor | None:
+        """uint8 [3, size, size]: the row's PNG, else this run's in-memory thumbnail, else None."""
+        if row is None:
+            return None
+        path = run_dir / str(row.get("image"))
+        if row.get("image") and path.is_file():
+            return to_uint8(resize_square(_read_png(path)[None], self.thumbnail_size))[0]
+        return self._memory.get((int(row["condition_index"]), int(row["prompt_index"]), int(row["seed"])))
 
     def _prompt_text(self, prompt_index: int) -> str:
         row = next((r for r in (self.run.rows if self.run else []) if r["prompt_index"] == prompt_index), {})
@@ -217,22 +217,25 @@ class TensorBoardReview(Callback):
 
 
 def condition_means(run: RunData) -> dict[str, dict[str, float]]:
-    """metric -> condition -> mean: item metrics from the rows, set metrics from the callbacks."""
+    """metric -> condition -> mean: item metrics from the rows, set metrics from set_metrics.json.
+
+    Seconds per image leave out warm-up rows (compile, first batch of a process).
+    """
     out: dict[str, dict[str, float]] = {}
     for metric in run.item_metrics():
         for condition in run.conditions:
             cells = run.cells(metric, condition)
             if cells:
-                out.setdefault(metric, {})[condition] = sum(cells.values()) / len(cells)
+                out.setdefault(metric, {})[condition] = math.fsum(cells.values()) / len(cells)
     for name, entry in run.set_metrics.items():
         for condition, value in (entry.get("conditions") or {}).items():
             if value.get("value") is not None:
                 out.setdefault(name, {}).setdefault(condition, float(value["value"]))
     if "seconds_per_image" not in out:
         for condition in run.conditions:
-            cells = run.cells("seconds", condition)
+            cells = run.cells("seconds", condition, where=lambda row: not row.get("warmup"))
             if cells:
-                out.setdefault("seconds_per_image", {})[condition] = sum(cells.values()) / len(cells)
+                out.setdefault("seconds_per_image", {})[condition] = math.fsum(cells.values()) / len(cells)
     return out
 
 
@@ -249,36 +252,20 @@ def image_grid(keys: Tensor, pixels: Tensor, prompts: list[int], seeds: list[int
     return grid
 
 
-def _condition_info(item: Any) -> dict[str, Any]:
+def _local_row(item: Any) -> dict[str, Any]:
+    """A results.jsonl-shaped row of an item's settings (for runs without a results table)."""
     encoding = getattr(item, "encoding", None)
-    return {
-        "name": item.condition,
-        "variables": dict(item.variables),
+    metadata = item.metadata or {}
+    row = {
+        **item_row(item),
         "shift": getattr(item.sampler, "shift", None),
         "steps": getattr(item.sampler, "steps", None),
         "encoding": {k: getattr(encoding, k, None) for k in ("max_length", "long_prompt_mode")},
-    }
-
-
-def _prompt_info(item: Any) -> dict[str, Any]:
-    metadata = item.metadata or {}
-    return {
         "original_prompt": str(item.original_prompt)[:500],
         "prompt_type": item.prompt_type,
         "metadata": {k: metadata[k] for k in ("construction", "target_tokens", "max_length") if k in metadata},
     }
-
-
-def _row(
-    key: tuple[int, int, int], conditions: dict[int, dict[str, Any]], prompts: dict[int, dict[str, Any]]
-) -> dict[str, Any]:
-    """A results.jsonl-shaped row for one synced item."""
-    condition, prompt, seed = key
-    info = conditions.get(condition, {"name": str(condition), "variables": {}})
-    row = {"condition": info["name"], "condition_index": condition, "prompt_index": prompt, "seed": seed}
-    row.update({k: info.get(k) for k in ("shift", "steps", "encoding")})
-    row.update({f"var.{k}": v for k, v in info["variables"].items()})
-    row.update(prompts.get(prompt, {}))
+    row.update({f"var.{k}": v for k, v in dict(item.variables).items()})
     return row
 
 
@@ -294,6 +281,12 @@ def _hparam_value(value: Any) -> int | float | str | bool:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))[:80]
+
+
+def _read_png(path: Path) -> Tensor:
+    """A PNG as [3, H, W] float32 in [0, 1]."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
 
 
 def _read_json(run_dir: Path | None, name: str) -> Any:

@@ -27,6 +27,8 @@ class TimingCallback(ItemMetricCallback):
 
     reductions = {"peak_memory_mb": "max"}
     private_metrics = frozenset({"seconds_per_image", "peak_memory_mb"})
+    table_columns = {"seconds_per_image": "seconds", "peak_memory_mb": "peak_memory_mb"}  # summaries read the table
+    skip_warmup = frozenset({"seconds_per_image"})  # the first batch of a process compiles and warms up
 
     def __init__(self) -> None:
         super().__init__()

@@ -72,6 +72,7 @@ class StudyWriter(BasePredictionWriter):
         self._watchdog: PeerWatchdog | None = None
         self._new = 0
         self.mismatched_mates: list[str] = []
+        self._warmed_up = False  # this process has generated a batch (compile, warm-up done)
 
     # ----- setup: lock, repair, compare settings (before any model loads) ---------------
 
@@ -164,6 +165,8 @@ class StudyWriter(BasePredictionWriter):
         folder = run_dir(trainer)
         rows = []
         batch_ids = [item.item_id for item in prediction.items]
+        warmup = not self._warmed_up and not all(prediction.resumed)  # timing summaries leave these rows out
+        self._warmed_up = self._warmed_up or warmup
         for index, item in enumerate(prediction.items):
             if item.item_id in self._finished:
                 if not prediction.resumed[index]:
@@ -177,7 +180,7 @@ class StudyWriter(BasePredictionWriter):
             rows.append({
                 **result_row(prediction, index), "rank": trainer.global_rank, "batch": batch_ids,
                 "settings_fingerprint": fingerprint(settings), "model": self._model,
-                "model_fingerprint": self._model_fingerprint,
+                "model_fingerprint": self._model_fingerprint, "warmup": warmup,
             })
             self._new += 1
         if rows:

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from llm_dit import errors
 from llm_dit.models.loading import transformer_config
+from llm_dit import quiet
 from llm_dit.module import ZImageModule
 from llm_dit.training.adapter_files import usage
 from surgery.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
@@ -158,6 +159,7 @@ def ensure_writer_last(trainer, subcommand: str | None) -> None:
 
 
 def cli_main(args: list[str] | None = None) -> StudyCLI | None:
+    quiet.install()  # before any third-party code speaks
     args = list(sys.argv[1:] if args is None else args)
     if args and args[0] in TOOLS:
         return TOOLS[args[0]](args[1:])

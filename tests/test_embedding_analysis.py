@@ -112,7 +112,13 @@ class Recorder:
         self.scalars.append((tag, value))
 
 
-def test_callback_writes_analysis_and_fills_resumed_items(encoder, tmp_path):
+def test_callback_summarizes_the_table_from_stored_sidecars(encoder, tmp_path):
+    """Generated items store their sidecar; the summary covers every (prompt, condition) of the table.
+
+    The first batch plays an earlier run's items (resumed: in the table, no features this run):
+    their pairs come from the table, encoded once (fill_resumed) and stored; drift comes from the
+    table's extra.refiner_drift column, whichever run wrote it.
+    """
     study = think_study()
     items = study.items()
     experiment = Recorder()
@@ -122,20 +128,31 @@ def test_callback_writes_analysis_and_fills_resumed_items(encoder, tmp_path):
         datamodule=SimpleNamespace(study=study, items=items),
     )
     module = SimpleNamespace(encoder=encoder)
+    batches = [items[i : i + 2] for i in range(0, len(items), 2)]
+
+    def table_rows(batch, drift):  # what the StudyWriter stores for these items
+        return "".join(json.dumps({
+            "item_id": i.item_id, "condition": i.condition, "condition_index": i.condition_index,
+            "prompt_index": i.prompt_index, "seed": i.seed, "prompt": i.prompt, "extra.refiner_drift": drift,
+        }) + "\n" for i in batch)
+
+    (tmp_path / "results.jsonl").write_text(table_rows(batches[0], [0.9, 0.8]))
     callback = EmbeddingAnalysis()
     callback.on_predict_start(trainer, module)
-    batches = [items[i : i + 2] for i in range(0, len(items), 2)]
     for index, batch in enumerate(batches):
-        resumed = index == 0  # as if the first batch were read back from disk
+        resumed = index == 0
         encoded = encoder.encode([item.prompt for item in batch], batch[0].encoding)
         outputs = GeneratedBatch(
             items=batch, images=torch.zeros(len(batch), 3, 8, 8), seconds_per_image=0.0, peak_memory_bytes=None,
             resumed=[resumed] * len(batch),
             embeddings=[None if resumed else e.embeddings for e in encoded],
             encodings=[None if resumed else e for e in encoded],
-            extras={"refiner_drift": [None if resumed else [0.9, 0.8] for _ in batch]},
+            extras={"refiner_drift": [None if resumed else [0.7, 0.6] for _ in batch]},
         )
         callback.on_predict_batch_end(trainer, module, outputs, batch, index)
+        if not resumed:
+            with open(tmp_path / "results.rank0.jsonl", "a") as shard:
+                shard.write(table_rows(batch, [0.7, 0.6]))
     callback.on_predict_end(trainer, module)
 
     written = json.loads((tmp_path / ANALYSIS_FILE).read_text())
@@ -143,8 +160,35 @@ def test_callback_writes_analysis_and_fills_resumed_items(encoder, tmp_path):
     assert written["conditions"] == ["none", "empty", "quality"]
     assert written["num_prompts"] == {"none": 2, "empty": 2, "quality": 2}
     assert torch.allclose(torch.tensor(written["cosine_matrix"]["matrix"]), torch.tensor(expected["cosine_matrix"]["matrix"]))
+    assert written["segments"] == expected["segments"] and written["token_counts"] == expected["token_counts"]
     assert written["drift"]["layers"] == ["context_refiner.0", "context_refiner.1"]
-    assert written["drift"]["series"]["empty"] == pytest.approx([0.9, 0.8])
+    assert written["drift"]["series"]["none"] == pytest.approx([0.8, 0.7])  # 2 stored rows at 0.9/0.8, 2 new at 0.7/0.6
+    assert written["drift"]["series"]["empty"] == pytest.approx([0.7, 0.6])
+    assert len(list((tmp_path / "embeddings").rglob("*.safetensors"))) == 6  # 3 conditions x 2 prompts
     assert (tmp_path / FIGURE_FILE).is_file()
     assert experiment.figures == ["embedding_analysis/cosine_matrix"]
     assert {tag for tag, _ in experiment.scalars} == {f"embedding_analysis/semantic_drift/{n}" for n in ("none", "empty", "quality")}
+
+    # A one-item smoke run over the same folder (every pair now stored) writes the same file.
+    smoke = EmbeddingAnalysis(fill_resumed=False)
+    smoke.on_predict_start(trainer, SimpleNamespace(encoder=None))
+    first = items[:1]
+    outputs = GeneratedBatch(items=first, images=torch.zeros(1, 3, 8, 8), seconds_per_image=0.0,
+                             peak_memory_bytes=None, resumed=[True], embeddings=[None], encodings=[None])
+    smoke.on_predict_batch_end(trainer, module, outputs, first, 0)
+    smoke.on_predict_end(trainer, module)
+    assert json.loads((tmp_path / ANALYSIS_FILE).read_text()) == written
+
+
+def test_sidecar_round_trip_is_lossless(encoder, tmp_path):
+    from callbacks.embedding_analysis import load_record, make_record, save_record
+
+    item = think_study().items()[2]
+    encoded = encoder.encode([item.prompt], item.encoding)[0]
+    record = make_record(encoded.embeddings, encoded, item.prompt_index, item.condition)
+    save_record(record, tmp_path / "r.safetensors", item.prompt)
+    loaded = load_record(tmp_path / "r.safetensors", item.prompt)
+    assert torch.equal(loaded.mean, record.mean) and torch.equal(loaded.user_rows, record.user_rows)
+    assert (loaded.user_token_ids, loaded.segment_tokens, loaded.segment_norms, loaded.num_tokens) == (
+        record.user_token_ids, record.segment_tokens, record.segment_norms, record.num_tokens)
+    assert load_record(tmp_path / "r.safetensors", "another prompt") is None  # a sidecar of another prompt is not used

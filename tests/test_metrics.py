@@ -464,18 +464,23 @@ def test_clip_score_matches_open_clips_own_preprocess(tiny_clip):
     assert spread > 0.5  # the items really differ, so a 0.1 agreement is informative
 
 
-def test_resumed_items_are_scored_and_take_seconds_from_the_table(tmp_path):
+def test_resumed_items_keep_their_stored_values_and_take_seconds_from_the_table(tmp_path):
+    """A resumed item is never rescored from its PNG: its stored metric values pass through unchanged."""
     items = study_items()[:6]
     run = tmp_path / "lightning_logs" / "grid"
     run.mkdir(parents=True)
     with open(run / "results.jsonl", "w") as handle:
         for item in items[:3]:
-            handle.write(json.dumps({"item_id": item.item_id, "seconds": 5.0, "peak_memory_mb": 7.0}) + "\n")
+            stored = {"item_id": item.item_id, "seconds": 5.0, "peak_memory_mb": 7.0, "metric.detail_score": 11.5}
+            handle.write(json.dumps(stored) + "\n")
     recorder = Recorder()
     module = FakeGenerator(resumed_ids=frozenset(i.item_id for i in items[:3]))
     predict(tmp_path, [DetailScoreCallback(), TimingCallback(), recorder], items, module)
-    assert all(recorder.metrics[i.item_id]["detail_score"] is not None for i in items)  # resumed ones too
+    assert [recorder.metrics[i.item_id]["detail_score"] for i in items[:3]] == [11.5] * 3
+    fresh = [float(laplacian_variance(fake_image(i)[None])[0]) for i in items[3:]]
+    assert [recorder.metrics[i.item_id]["detail_score"] for i in items[3:]] == pytest.approx(fresh)
     sets = json.loads((run / "set_metrics.json").read_text())
+    assert sets["detail_score"]["conditions"]["shift=2.0,steps=4"]["value"] == pytest.approx((3 * 11.5 + sum(fresh)) / 6)
     seconds = sets["seconds_per_image"]["conditions"]["shift=2.0,steps=4"]
     assert seconds["n"] == 6 and seconds["value"] == pytest.approx((3 * 5.0 + 3 * 0.05) / 6)
     assert sets["peak_memory_mb"]["conditions"]["shift=2.0,steps=4"]["value"] == 7.0  # max; fresh ones have None

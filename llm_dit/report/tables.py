@@ -187,7 +187,7 @@ def study_figures(run: RunData, quality: str | None, heatmap_metrics: list[str],
     if quality and (curves := compression_curves(run, quality, **curve_options)):
         made[f"compression_{quality}"] = figures.compression_curve_figure(curves, quality)
     cosine = run.analysis.get("cosine_matrix") or {}
-    if cosine.get("names") and cosine.get("matrix"):
+    if cosine.get("names") and figures.varies(cosine.get("matrix") or []):  # one shared encoding: all 1.0
         made["cosine_matrix"] = figures.cosine_matrix_figure(cosine["names"], cosine["matrix"])
     drift = run.analysis.get("drift") or {}
     if drift.get("layers") and drift.get("series"):
