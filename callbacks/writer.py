@@ -366,6 +366,7 @@ def result_row(prediction: GeneratedBatch, index: int) -> dict[str, Any]:
         **{key: value for key, value in item.sampler.to_dict().items()},
         "encoding": item.encoding.to_dict(),
         "surgery": list(item.surgery),
+        "prompt_transform": item.prompt_transform,
         "image": item.image_name,
         "seconds": prediction.seconds_per_image,
         "peak_memory_mb": None if prediction.peak_memory_bytes is None else prediction.peak_memory_bytes / 2**20,

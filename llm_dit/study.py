@@ -80,6 +80,7 @@ class StudyItem:
     encoding: EncodingOptions
     sampler: SamplerSettings
     surgery: tuple[dict[str, Any], ...] = ()
+    prompt_transform: str | None = None
     variables: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
@@ -251,6 +252,7 @@ class Study:
                             encoding=encoding,
                             sampler=sampler,
                             surgery=tuple(condition.surgery),
+                            prompt_transform=condition.prompt_transform or None,
                             variables=dict(condition.variables),
                             metadata=dict(prompt.metadata),
                         )

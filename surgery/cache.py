@@ -115,7 +115,7 @@ class CachedBlockList(nn.ModuleList):
         for block in blocks_of(self):
             output = block(output, mask, freqs, *rest)
         kept = [e for e in self._entries if e.weights_version == version]
-        self._entries = kept[len(kept) - self.max_entries + 1 :] if self.max_entries > 1 else []
+        self._entries = kept[max(0, len(kept) - self.max_entries + 1) :] if self.max_entries > 1 else []
         self._entries.append(_Entry(x, mask, freqs, version, output, self._captions, key))
         return output
 

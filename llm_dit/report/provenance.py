@@ -3,31 +3,18 @@
 Random weights make noise. A run on them tests the pipeline (surgery, sampler,
 writer, metrics, report), never the model, and every place a person reads
 results must say so: the report, the A/B page, the console and TensorBoard.
-They all ask ``weights_are_random`` so the decision lives in one place.
+They all ask ``llm_dit.provenance.weights_are_random``: the decision lives in one place.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-#: Weight presets whose tensors are random. ``tiny`` is random until the trained embedded
-#: model ships (then ``tiny`` is trained and the random one is ``tiny-random``): the one
-#: line to change then is this set.
-RANDOM_PRESETS: frozenset[str] = frozenset({"tiny", "tiny-random", "random-z-image-turbo"})
+from llm_dit.provenance import RANDOM_WEIGHTS as RANDOM_PRESETS
+from llm_dit.provenance import RANDOM_WEIGHTS_NOTE as RANDOM_WEIGHTS_NOTICE
+from llm_dit.provenance import weights_are_random
 
-RANDOM_WEIGHTS_NOTICE = "random weights: images are noise; this run tests the pipeline, not the model"
-
-
-def weights_are_random(weights: Any) -> bool:
-    """True when ``weights`` (a run's ``--model.weights`` value) names a random-weight preset.
-
-    Folders, hub ids and single-file specs are trained checkpoints as far as we can
-    tell; only the exact preset names count (a folder called ``tiny`` is a folder).
-    """
-    if not isinstance(weights, (str, os.PathLike)):
-        return False
-    return os.fspath(weights).strip() in RANDOM_PRESETS
+__all__ = ["RANDOM_PRESETS", "RANDOM_WEIGHTS_NOTICE", "describe_source", "weights_are_random"]
 
 
 def describe_source(environment: dict[str, Any]) -> str:
