@@ -9,7 +9,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 root=${ROOT:-lightning_logs/world_model}
-config=${CONFIG:-configs/train_world.yaml}
+config=${CONFIG:-configs/world_model/train.yaml}
 quiet() { grep -v -e "it/s]" -e "Warning" -e "warn(" -e "^W1203" -e "Tip:" -e "_pytree" -e "num_workers" || true; }
 stage() {  # stage minutes component
   python3 -m llm_dit.world_model.train --config "$config" --output_dir "$root" --stage "$1" --max_minutes "$2" 2>&1 | quiet

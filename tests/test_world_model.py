@@ -45,3 +45,44 @@ def test_batched_forward_fires_block_hooks(transformer):
     finally:
         handle.remove()
     assert calls == [torch.Size([2, 32, 64])]
+
+
+def test_style_dataset_is_one_style_and_captions_never_say_it(tmp_path):
+    """The style-adapter data: every drawn object striped (the evaluator agrees), no caption states a style."""
+    import numpy as np
+    from PIL import Image
+
+    from llm_dit.world.detection import detect
+    from llm_dit.world.parse import expected_facts
+    from llm_dit.world_model.style_data import write_world_style_dataset
+
+    paths = write_world_style_dataset(tmp_path, count=12, size=64, seed=3)
+    assert len(paths) == 12
+    for path in paths:
+        caption = path.with_suffix(".txt").read_text().strip()
+        assert caption and all(fact.style is None for fact in expected_facts(caption).objects)
+        objects = detect(np.asarray(Image.open(path).convert("RGB"))).objects
+        assert objects and {o.style for o in objects} == {"striped"}
+
+
+def test_wilson_interval_matches_its_closed_form():
+    """95 % Wilson score interval against published values (statsmodels' proportion_confint(..., method="wilson")
+    gives 0.4038-0.5962 for 50/100 and 0-0.2775 for 0/10)."""
+    from llm_dit.world_model.evaluate import wilson
+
+    low, high = wilson(50, 100)
+    assert abs(low - 0.4038) < 1e-4 and abs(high - 0.5962) < 1e-4
+    assert wilson(0, 10)[0] == 0.0 and abs(wilson(0, 10)[1] - 0.2775) < 1e-4
+
+
+def test_heldout_prompts_hold_heldout_combinations():
+    from llm_dit.world.parse import expected_facts
+    from llm_dit.world_model.evaluate import heldout_prompts
+
+    for kind, objects in (("one_object", 1), ("colour_binding", 2)):
+        pairs = heldout_prompts(kind, 10)
+        for scene, prompt in pairs:
+            assert scene.held_out and len(scene.objects) == objects
+            assert len(expected_facts(prompt).objects) == objects
+        if kind == "colour_binding":
+            assert all(a.colour != b.colour and a.shape != b.shape for a, b in (s.objects for s, _ in pairs))

@@ -1,8 +1,8 @@
 """Train the embedded world model, one stage at a time, in resumable pieces.
 
-    python -m llm_dit.world_model.train --config configs/train_world.yaml --stage vae
-    python -m llm_dit.world_model.train --config configs/train_world.yaml --stage encoder
-    python -m llm_dit.world_model.train --config configs/train_world.yaml --stage dit
+    python -m llm_dit.world_model.train --config configs/world_model/train.yaml --stage vae
+    python -m llm_dit.world_model.train --config configs/world_model/train.yaml --stage encoder
+    python -m llm_dit.world_model.train --config configs/world_model/train.yaml --stage dit
 
 A stage runs until its `max_steps` or `max_minutes` (a piece), checkpointing to
 `<output_dir>/<stage>/checkpoints/last.ckpt`; running the same command again
@@ -219,7 +219,7 @@ def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning
     """Train one stage of the embedded world model (see the module docstring).
 
     Args:
-        recipe: the recipe (configs/train_world.yaml).
+        recipe: the recipe (configs/world_model/train.yaml).
         stage: vae | encoder | dit (in this order: each reads the previous exports).
         output_dir: checkpoints, exports and log.jsonl.
         max_minutes: wall-clock budget of this piece; run again to resume.
