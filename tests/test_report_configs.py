@@ -59,6 +59,9 @@ EXPECTED: dict[str, dict[str, set[tuple[str, str]]]] = {
     },
     "refiner_layerwise.yaml": {"Q3.5": {("skip_layer_0", "default"), ("skip_layer_1", "default")}},
     "refiner_skip.yaml": {"Q3.1": {("skip", "default")}},
+    "refiner_style_adapter_predict.yaml": {
+        "Q3.4": {("adapter=0.5", "base"), ("adapter=1.0", "base"), ("adapter=1.5", "base")},
+    },
     "shift_steps.yaml": {
         "Q4.2": {(f"shift=1.0,steps={n}", f"shift=3.0,steps={n}") for n in (4, 6, 8, 9, 12, 16, 25)},
     },
@@ -141,6 +144,7 @@ def write_run(study: Study, folder: Path) -> Path:
                     encoding=encoding,
                     sampler=sampler,
                     surgery=tuple(condition.surgery),
+                    prompt_transform=condition.prompt_transform or None,
                     variables=dict(condition.variables),
                     metadata=dict(prompt.metadata),
                 )

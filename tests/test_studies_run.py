@@ -18,6 +18,10 @@ STUDY_CONFIGS = sorted(
 )
 
 
+# Needs the adapter `fit` writes first: tests/test_study_configs.py runs fit, then this config.
+NEEDS_FIT = {"refiner_style_adapter_predict"}
+
+
 def expected_conditions(path: Path) -> list[str]:
     study = Study(**yaml.safe_load(path.read_text())["data"]["init_args"]["study"])
     return [c.name for c in study.resolved_conditions()]
@@ -26,6 +30,8 @@ def expected_conditions(path: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", STUDY_CONFIGS, ids=lambda p: p.stem)
 def test_study_config_runs_on_tiny_model(config, tmp_path, monkeypatch):
+    if config.stem in NEEDS_FIT:
+        pytest.skip(f"{config.name} needs a fitted adapter (run after fit in tests/test_study_configs.py)")
     monkeypatch.chdir(CONFIGS.parent)  # configs name their prompt files relative to the checkout
     cli_main([
         "predict", "--config", str(config), "--trainer.default_root_dir", str(tmp_path),

@@ -14,7 +14,7 @@ Sources, per condition, first found wins:
   the writer records it;
 * study.json: the baseline ``encoding`` / ``sampler`` with the condition's
   overrides, its ``surgery`` and ``prompt_transform`` (conditions without rows,
-  and the prompt transform, which rows do not carry today).
+  and the prompt transform for rows written before rows carried it).
 """
 
 from __future__ import annotations
