@@ -75,9 +75,10 @@ def build_world(seed: int, split: str, count: int, size: int, captions_per_scene
     return images, samples
 
 
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N,H,W,3] -> float [N,3,H,W] in [-1, 1] (the VAE's range)."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+def images_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [N,H,W,3] (numpy, or a tensor on any device) -> float [N,3,H,W] in [-1, 1] (the VAE's range)."""
+    images = torch.from_numpy(images) if isinstance(images, np.ndarray) else images
+    return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def chat_lm_text(scene: Scene, user_caption: str, rng: np.random.Generator) -> str:

@@ -30,7 +30,7 @@ from transformers import Qwen3Model
 from llm_dit.models.tiny import load_bundled_tokenizer
 from llm_dit.world_model.config import IMAGE_SIZE, WorldTrainingConfig
 from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text, images_to_tensor
-from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features, psnr
+from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features
 
 Stage = Literal["vae", "encoder", "dit"]
 COMPONENT = {"vae": "vae", "encoder": "text_encoder", "dit": "transformer"}
@@ -103,13 +103,13 @@ def train_vae(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float)
     images, _ = build_world(recipe.seed, "train", recipe.train_scenes, IMAGE_SIZE)
     module = VaeStage(recipe.vae, kl_weight=recipe.kl_weight)
     data = _DeviceData({"images": torch.from_numpy(images)},
-                       lambda t, i: images_to_tensor_device(t["images"][i]))
+                       lambda t, i: images_to_tensor(t["images"][i]))
     steps = _fit(module, data, TensorBatches(len(images), recipe.vae.batch_size, recipe.seed), output_dir / "vae", recipe.vae.max_steps, max_minutes)
     vae = module.vae.float().eval()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     vae.to(device)
     with torch.no_grad():
-        latents = torch.cat([vae.encode(images_to_tensor_device(torch.from_numpy(images[s:s + 1024]).to(device))).latent_dist.mode()
+        latents = torch.cat([vae.encode(images_to_tensor(torch.from_numpy(images[s:s + 1024]).to(device))).latent_dist.mode()
                              for s in range(0, min(len(images), 50_000), 1024)])
     vae.register_to_config(shift_factor=float(latents.mean()), scaling_factor=float(1.0 / latents.std()))
     export = output_dir / "export" / "vae"
@@ -117,10 +117,6 @@ def train_vae(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float)
     heldout, _ = build_world(recipe.seed, "heldout", recipe.heldout_scenes, IMAGE_SIZE)
     vae = AutoencoderKL.from_pretrained(export, torch_dtype=torch.float32).to(device).eval()
     _log(output_dir, {"stage": "vae", "steps": steps, **reconstruction_psnr(vae, heldout, device)})
-
-
-def images_to_tensor_device(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def reconstruction_psnr(vae: AutoencoderKL, images: np.ndarray, device: str) -> dict[str, float]:
