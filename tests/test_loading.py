@@ -200,18 +200,18 @@ def test_text_encoder_override(tmp_path, single_files, reference):
     torch.manual_seed(1)
     alternative = Qwen3Model(config).eval()
     alternative.save_pretrained(tmp_path / "embedding")
-    loaded = load_components("tiny", text_encoder_override=str(tmp_path / "embedding"))
+    loaded = load_components("tiny-random", text_encoder_override=str(tmp_path / "embedding"))
     assert all(torch.equal(loaded.text_encoder.state_dict()[k], v) for k, v in alternative.state_dict().items())
     assert "text_encoder=" in loaded.source
 
-    from_file = load_components("tiny", seed=3, text_encoder_override=str(single_files / "qwen_3_4b.safetensors"))
+    from_file = load_components("tiny-random", seed=3, text_encoder_override=str(single_files / "qwen_3_4b.safetensors"))
     want = reference[0].text_encoder.state_dict()
     assert all(torch.equal(from_file.text_encoder.state_dict()[k], v) for k, v in want.items())
 
     wide = Qwen3Model(Qwen3Config(**{**config.to_dict(), "hidden_size": 48, "head_dim": 24}))
     wide.save_pretrained(tmp_path / "wide")
     with pytest.raises(ShapeMismatchError, match=r"hidden size 48 .* takes 32-wide"):
-        load_components("tiny", text_encoder_override=str(tmp_path / "wide"))
+        load_components("tiny-random", text_encoder_override=str(tmp_path / "wide"))
 
 
 # ----- refusals and error messages ---------------------------------------------------------
@@ -306,7 +306,7 @@ def test_placement_sets_dtype_per_component_and_tiling():
     placement = Placement(text_encoder_dtype="bf16", transformer_dtype=torch.float32, vae_dtype="float16",
                           vae_tiling=True)
     assert placement.text_encoder_dtype == "bfloat16" and placement.transformer_dtype == "float32"
-    components = load_components("tiny", placement=placement)
+    components = load_components("tiny-random", placement=placement)
     assert next(components.text_encoder.parameters()).dtype == torch.bfloat16
     assert next(components.transformer.parameters()).dtype == torch.float32
     assert next(components.vae.parameters()).dtype == torch.float16
@@ -332,7 +332,7 @@ def test_placement_validation(fields, message):
 
 
 def test_free_text_encoder():
-    components = load_components("tiny")
+    components = load_components("tiny-random")
     free_text_encoder(components)
     assert all(p.device.type == "meta" for p in components.text_encoder.parameters())
     with pytest.raises(RuntimeError, match="freed by free_text_encoder"):
@@ -343,7 +343,7 @@ def test_free_text_encoder():
 
 
 def test_offload_returns_component_to_cpu():
-    components = load_components("tiny")
+    components = load_components("tiny-random")
     placement = Placement(offload=True)
     assert placement.home_for("transformer") == torch.device("cpu")
     with on_device(components, "transformer", placement) as transformer:

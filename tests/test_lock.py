@@ -27,7 +27,7 @@ def run(root: Path, wait_for_lock: bool = False) -> None:
         accelerator="cpu", devices=1, default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,
         logger=TensorBoardLogger(root, name="lightning_logs", version="locked"), callbacks=[StudyWriter()],
     )
-    trainer.predict(ZImageModule(weights="tiny"), datamodule=StudyDataModule(study, wait_for_lock=wait_for_lock),
+    trainer.predict(ZImageModule(weights="tiny-random"), datamodule=StudyDataModule(study, wait_for_lock=wait_for_lock),
                     return_predictions=False)
 
 

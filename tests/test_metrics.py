@@ -546,7 +546,7 @@ def test_with_the_real_tiny_pipeline_and_writer(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.predict(
-            module_mod.ZImageModule(weights="tiny"),
+            module_mod.ZImageModule(weights="tiny-random"),
             datamodule=StudyDataModule(study, batch_size=2),
             return_predictions=False,
         )

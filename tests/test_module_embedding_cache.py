@@ -63,7 +63,7 @@ class Watch(L.Callback):
 @pytest.mark.parametrize("free_encoder", [False, True])
 def test_cache_holds_only_what_pending_items_need(tmp_path, free_encoder):
     data = StudyDataModule(study(), batch_size=2)
-    module = ZImageModule(weights="tiny", free_encoder_after_encoding=free_encoder)
+    module = ZImageModule(weights="tiny-random", free_encoder_after_encoding=free_encoder)
     module.configure_model()
     encoded: list[tuple] = []
     encode = module.encoder.encode
@@ -127,7 +127,7 @@ def test_under_ddp_the_plan_is_this_ranks_share():
 
     items = study().items()
     batches = group_into_batches(items, 2)
-    module = ZImageModule(weights="tiny")
+    module = ZImageModule(weights="tiny-random")
     for rank in (0, 1):
         sampler = DistributedSampler(StudyBatches(batches), num_replicas=2, rank=rank, shuffle=False)
         loader = DataLoader(StudyBatches(batches), batch_size=1, sampler=sampler, collate_fn=lambda b: b[0])

@@ -15,7 +15,7 @@ from llm_dit.study import Study, StudyItem
 
 @pytest.fixture(scope="module")
 def module():
-    module = ZImageModule(weights="tiny", record_refiner_drift=True)
+    module = ZImageModule(weights="tiny-random", record_refiner_drift=True)
     module.configure_model()
     return module
 
@@ -61,17 +61,17 @@ def test_skip_layer_guidance_changes_output_only_when_active(module):
 def test_out_of_range_surgery_is_caught_before_loading():
     study = Study(prompts=["A cat"], conditions=[{"name": "bad", "surgery": [{"variant": "skip_layers", "layers": [5]}]}])
     with pytest.raises(ValueError, match="condition 'bad'.*out of range"):
-        ZImageModule(weights="tiny").validate_study(study)
+        ZImageModule(weights="tiny-random").validate_study(study)
 
 
 def test_out_of_range_skip_layer_guidance_is_caught_before_loading():
     study = Study(prompts=["A cat"], sampler={"skip_layer_guidance": {"layers": [7]}})
     with pytest.raises(ValueError, match="condition 'control'.*layer index 7 out of range; layers has 2 blocks"):
-        ZImageModule(weights="tiny").validate_study(study)
+        ZImageModule(weights="tiny-random").validate_study(study)
 
 
 def test_hook_points_command_lists_blocks(capsys):
-    cli_main(["hook-points", "--weights", "tiny"])
+    cli_main(["hook-points", "--weights", "tiny-random"])
     out = capsys.readouterr().out
     for name in ("context_refiner.1", "noise_refiner.0", "layers.1"):
         assert name in out

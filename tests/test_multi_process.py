@@ -48,7 +48,7 @@ def predict(root: Path, devices: int, batch_size: int = 3, callbacks=()) -> None
         logger=TensorBoardLogger(root, name="lightning_logs", version="ddp"),
         callbacks=[*callbacks, StudyWriter()],
     )
-    trainer.predict(ZImageModule(weights="tiny"), datamodule=StudyDataModule(study(), batch_size=batch_size),
+    trainer.predict(ZImageModule(weights="tiny-random"), datamodule=StudyDataModule(study(), batch_size=batch_size),
                     return_predictions=False)
 
 
@@ -114,7 +114,7 @@ study = Study(name="peer", prompts=["A cat", "A dog", "A bird"], seeds=[1], samp
 trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", default_root_dir=root, enable_progress_bar=False,
                     enable_model_summary=False, logger=TensorBoardLogger(root, name="lightning_logs", version="peer"),
                     callbacks=[Die(), StudyWriter(peer_timeout_s=30)])
-trainer.predict(ZImageModule(weights="tiny"), datamodule=StudyDataModule(study, batch_size=1), return_predictions=False)
+trainer.predict(ZImageModule(weights="tiny-random"), datamodule=StudyDataModule(study, batch_size=1), return_predictions=False)
 '''
 
 

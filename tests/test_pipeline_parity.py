@@ -14,7 +14,7 @@ from llm_dit.study import StudyItem
 
 @pytest.fixture(scope="module")
 def module():
-    module = ZImageModule(weights="tiny")
+    module = ZImageModule(weights="tiny-random")
     module.configure_model()
     return module
 

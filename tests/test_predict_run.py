@@ -42,7 +42,7 @@ class CrashAfter(Callback):
 
 
 def run_study(root: Path, study: Study, extra_callbacks=()) -> ZImageModule:
-    module = ZImageModule(weights="tiny")
+    module = ZImageModule(weights="tiny-random")
     trainer = L.Trainer(
         accelerator="cpu", devices=1, default_root_dir=root, enable_progress_bar=False, enable_model_summary=False,
         logger=TensorBoardLogger(root, name="lightning_logs", version=study.name),

@@ -45,7 +45,7 @@ def run(root: Path, spec: dict, callbacks=(), overwrite_changed=False, batch_siz
         callbacks=[*callbacks, *([bar] if bar else []), writer],
     )
     data = StudyDataModule(Study(**spec), batch_size=batch_size, overwrite_changed=overwrite_changed)
-    trainer.predict(ZImageModule(weights="tiny", **module), datamodule=data, return_predictions=False)
+    trainer.predict(ZImageModule(weights="tiny-random", **module), datamodule=data, return_predictions=False)
     return writer
 
 

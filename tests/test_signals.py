@@ -45,7 +45,7 @@ study = Study(name="signals", prompts=["A cat", "A dog"], seeds=[1, 2],
 trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=root, enable_progress_bar=False,
                     enable_model_summary=False, logger=TensorBoardLogger(root, name="lightning_logs", version="signals"),
                     callbacks=[Marker(), StudyWriter()])
-trainer.predict(ZImageModule(weights="tiny"), datamodule=StudyDataModule(study, batch_size=2), return_predictions=False)
+trainer.predict(ZImageModule(weights="tiny-random"), datamodule=StudyDataModule(study, batch_size=2), return_predictions=False)
 '''
 
 

@@ -56,7 +56,7 @@ class Collect(L.Callback):
 
 
 def predict(study: Study, tmp_path, calls: list[int], **options) -> tuple[ZImageModule, dict[str, torch.Tensor]]:
-    module, collect = ZImageModule(weights="tiny", **options), Collect()
+    module, collect = ZImageModule(weights="tiny-random", **options), Collect()
     module.configure_model()
     module.transformer.register_forward_hook(lambda *_: calls.append(1))
     trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, callbacks=[collect],
@@ -82,10 +82,10 @@ def test_shared_steps_give_the_same_images_with_fewer_dit_calls(tmp_path, sample
 
 
 def test_step_sharing_is_off_when_every_step_must_run(tmp_path):
-    module = ZImageModule(weights="tiny", record_refiner_drift=True)
+    module = ZImageModule(weights="tiny-random", record_refiner_drift=True)
     module.configure_model()
     assert module.plan_shared_steps(sweep().items()) is None
-    module = ZImageModule(weights="tiny")
+    module = ZImageModule(weights="tiny-random")
     module.configure_model()
     one_schedule = Study(name="one", prompts=["A cat"], seeds=[1, 2], sampler={"steps": 2, "height": 32, "width": 32})
     assert module.plan_shared_steps(one_schedule.items()) is None
@@ -95,7 +95,7 @@ def test_step_sharing_is_off_when_every_step_must_run(tmp_path):
 def test_changed_weights_are_not_served_old_steps():
     study = sweep()
     items = study.items()
-    module = ZImageModule(weights="tiny")
+    module = ZImageModule(weights="tiny-random")
     module.configure_model()
     module.plan_shared_steps(items)
     control = [i for i in items if i.condition == "control"][:2]

@@ -35,6 +35,7 @@ from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.template import SEGMENT_LABELS, TemplatedPrompt, tokenize_chat
 
 TINY_PRESET = "tiny"
+TINY_RANDOM_PRESET = "tiny-random"
 Padding = Literal["diffusers", "none"]
 PADDING_MODES: tuple[str, ...] = ("diffusers", "none")
 RMS_EPS = 1e-6
@@ -127,7 +128,7 @@ class ZImageTextEncoder:
         EncodingOptions fields, e.g. `hidden_layer=-3`.
         """
         options = (options or EncodingOptions()).with_overrides(option_overrides)
-        if path_or_hub_id == TINY_PRESET:
+        if path_or_hub_id in (TINY_PRESET, TINY_RANDOM_PRESET):
             from llm_dit.models.tiny import build_tiny_components
 
             tiny = build_tiny_components(dtype=torch_dtype or torch.float32)

@@ -10,7 +10,7 @@ from llm_dit.models.tiny import TINY_ENCODER_LAYERS, TINY_TRANSFORMER_CONFIG
 
 def encoder_hidden_states(weights: str) -> int | None:
     """Number of hidden states the encoder returns (layers + 1), or None when unknown here."""
-    if weights == "tiny":
+    if weights in ("tiny", "tiny-random"):
         return TINY_ENCODER_LAYERS + 1
     config = Path(weights).expanduser() / "text_encoder" / "config.json"
     if not config.is_file():
@@ -21,7 +21,7 @@ def encoder_hidden_states(weights: str) -> int | None:
 
 def transformer_block_counts(weights: str) -> dict[str, int] | None:
     """Blocks per surgery target (context_refiner, noise_refiner, layers), or None when unknown here."""
-    if weights == "tiny":
+    if weights in ("tiny", "tiny-random"):
         config = TINY_TRANSFORMER_CONFIG
     else:
         path = Path(weights).expanduser() / "transformer" / "config.json"

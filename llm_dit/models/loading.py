@@ -43,6 +43,7 @@ from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG, build_tiny_components, 
 log = logging.getLogger(__name__)
 
 TINY_PRESET = "tiny"
+TINY_RANDOM_PRESET = "tiny-random"  # the same small shapes, deterministic random weights (unit tests)
 RANDOM_PRESET = "random-z-image-turbo"  # llm_dit.models.random_full: full size, random weights (benchmarks)
 DIFFUSERS_SUBFOLDERS = ("transformer", "vae", "text_encoder")
 # Where ComfyUI keeps each kind of file, relative to its models/ folder.
@@ -157,7 +158,7 @@ def resolve_weights(weights: WeightsSpec, allow_pickle: bool = False) -> Resolve
         spec.check(allow_pickle)
         return ResolvedWeights("single_files", spec)
     text = os.fspath(weights)
-    if text == TINY_PRESET:
+    if text in (TINY_PRESET, TINY_RANDOM_PRESET):
         return ResolvedWeights("tiny", text)
     if text == RANDOM_PRESET:
         return ResolvedWeights("random", text)
