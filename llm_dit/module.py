@@ -27,7 +27,7 @@ from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
 from llm_dit.outputs import GeneratedBatch
-from llm_dit.sampling.euler import decode_latents, denoise, initial_noise
+from llm_dit.sampling.euler import decode_latents, denoise, initial_noise, vae_scale_factor
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.sampling.step_cache import StepCache
 from llm_dit.study import Study, StudyItem
@@ -296,7 +296,8 @@ class ZImageModule(L.LightningModule):
             negative_encoding = self.encode([sampler.negative_prompt], first.encoding)[0]
             negative = [negative_encoding.embeddings.to(device=device, dtype=self.transformer.dtype)] * len(items)
         caption_lengths = [len(c) for c in cap_feats + (negative or [])]  # rows of a transformer call
-        latents = initial_noise([item.seed for item in items], sampler.height, sampler.width).to(device)
+        latents = initial_noise([item.seed for item in items], sampler.height, sampler.width,
+                                vae_scale_factor=vae_scale_factor(self.components.vae)).to(device)
         scheduler = make_scheduler(self.components.scheduler, sampler.steps, sampler.shift, device)
         slg = None
         if sampler.skip_layer_guidance:

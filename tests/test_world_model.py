@@ -35,6 +35,18 @@ def test_batched_forward_matches_diffusers(transformer, lengths, size):
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_batched_forward_static_caption_width_matches(transformer):
+    """A fixed caption width (what training passes under torch.compile) only adds masked positions."""
+    generator = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([5, 33, 12])
+    latents, t = torch.randn(3, 16, 8, 8, generator=generator), torch.rand(3, generator=generator)
+    caps = torch.randn(3, 40, TINY_TRANSFORMER_CONFIG["cap_feat_dim"], generator=generator)
+    with torch.no_grad():
+        natural = batched_forward(transformer, latents, t, caps, lengths)
+        static = batched_forward(transformer, latents, t, caps, lengths, cap_len_max=96)
+    torch.testing.assert_close(static, natural, rtol=1e-5, atol=1e-5)
+
+
 def test_batched_forward_fires_block_hooks(transformer):
     """Surgery hooks on the refiner blocks see the batched path too."""
     calls = []

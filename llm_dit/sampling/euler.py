@@ -94,15 +94,22 @@ def _predict(
     return prediction
 
 
-def initial_noise(seeds: list[int], height: int, width: int, channels: int = 16) -> torch.Tensor:
+def initial_noise(seeds: list[int], height: int, width: int, channels: int = 16, vae_scale_factor: int = 8) -> torch.Tensor:
     """Per-item noise drawn on the CPU from each item's own seed.
 
     Independent of batch composition, rank and device, so an item's image never
     depends on what it was batched with or where it ran. Matches ZImagePipeline
-    called with `generator=torch.Generator().manual_seed(seed)` for one image.
+    called with `generator=torch.Generator().manual_seed(seed)` for one image
+    (whose latent side is 2 * (side // (2 * vae_scale_factor)), as here).
     """
-    shape = (1, channels, 2 * (height // 16), 2 * (width // 16))
+    scale = 2 * vae_scale_factor
+    shape = (1, channels, 2 * (height // scale), 2 * (width // scale))
     return torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds], dim=0)
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent side, as diffusers' pipelines compute it from the VAE's config."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:

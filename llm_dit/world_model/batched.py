@@ -31,6 +31,7 @@ def batched_forward(
     cap_feats: torch.Tensor,
     cap_lengths: torch.Tensor,
     patch_size: int = 2,
+    cap_len_max: int | None = None,
 ) -> torch.Tensor:
     """The velocity diffusers' forward returns, for a batch of one image size.
 
@@ -40,6 +41,10 @@ def batched_forward(
         cap_feats: [B, L, D] caption features, right-padded; rows past a sample's
             length are ignored.
         cap_lengths: [B] number of real caption rows per sample.
+        cap_len_max: caption positions of the unified sequence, a multiple of 32 at least every
+            sample's padded length; None reads it from `cap_lengths` (what diffusers does).
+            Give it under torch.compile: reading it from the data is a graph break, and the
+            extra positions are masked out, so the output is the same.
 
     Returns: [B, C, H, W], what `model([...], t, [...]).sample` stacks to.
     """
@@ -64,7 +69,9 @@ def batched_forward(
     # Caption tokens: each sample padded to its own multiple of 32 with the learned pad token.
     cap_lengths = cap_lengths.to(device)
     cap_padded = _round_up(cap_lengths)
-    cap_len_max = int(cap_padded.max())
+    static = cap_len_max is not None  # no data-dependent Python below (a graph break under compile)
+    if not static:
+        cap_len_max = int(cap_padded.max())
     if cap_feats.shape[1] < cap_len_max:
         cap_feats = torch.nn.functional.pad(cap_feats, (0, 0, 0, cap_len_max - cap_feats.shape[1]))
     cap_feats = cap_feats[:, :cap_len_max]
@@ -74,7 +81,7 @@ def batched_forward(
     cap = torch.where(is_pad[..., None], model.cap_pad_token.to(cap.dtype), cap)
     cap_valid = positions[None, :] < cap_padded[:, None]
     cap = cap * cap_valid[..., None]
-    cap_uniform = bool((cap_padded == cap_len_max).all())
+    cap_uniform = False if static else bool((cap_padded == cap_len_max).all())
 
     # RoPE ids: captions at (1 + k, 0, 0); the image at (caption length + 1, h, w); pads at 0.
     zeros = torch.zeros_like(positions)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 IMAGE_SIZE = 64
-"""Pixels per side the embedded model is trained at (8 x 8 latents, 16 image tokens)."""
+"""Pixels per side the embedded model is trained at (16 x 16 latents, 64 image tokens)."""
 
 ENCODER_CONFIG = dict(
     hidden_size=32,
@@ -47,9 +47,11 @@ TRANSFORMER_CONFIG = dict(
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,  # 64 px -> 8 x 8 latents needs four blocks
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[32, 64, 64, 64],
+    # Three blocks downsample 4x (64 px -> 16 x 16 latents). Z-Image's VAE downsamples 8x, but at
+    # 64 px that leaves 16 image tokens and loses the 4 px fill patterns (benchmarks/NOTES.md).
+    down_block_types=["DownEncoderBlock2D"] * 3,
+    up_block_types=["UpDecoderBlock2D"] * 3,
+    block_out_channels=[32, 64, 128],
     layers_per_block=1,
     latent_channels=16,
     norm_num_groups=32,
@@ -90,6 +92,7 @@ class WorldTrainingConfig:
         captions_per_scene: training captions drawn per scene (templates, forms, synonyms).
         caption_dropout: DiT stage: fraction of captions replaced by the empty prompt (for CFG).
         kl_weight: VAE stage: weight of the KL term next to the pixel MSE.
+        ema_decay: DiT stage: decay of the exponential moving average of the weights (what ships).
         vae, encoder, dit: per-stage settings.
     """
 
@@ -100,5 +103,6 @@ class WorldTrainingConfig:
     caption_dropout: float = 0.1
     kl_weight: float = 1e-6
     vae: StageSettings = field(default_factory=lambda: StageSettings(max_steps=6000, batch_size=256, learning_rate=1e-3))
+    ema_decay: float = 0.999
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

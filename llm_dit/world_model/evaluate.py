@@ -20,11 +20,11 @@ import torch
 
 from llm_dit.encoding.encoder import ZImageTextEncoder
 from llm_dit.models.components import ZImageComponents
-from llm_dit.sampling.euler import decode_latents, denoise, initial_noise
+from llm_dit.sampling.euler import decode_latents, denoise, initial_noise, vae_scale_factor
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.world.captions import caption
 from llm_dit.world.scene import Scene, sample_scene
-from llm_dit.world.score import score_image
+from llm_dit.world.score import score_image, summary
 
 EVAL_SEED = 4242
 
@@ -63,7 +63,7 @@ def generate(components: ZImageComponents, prompts: list[str], seeds: list[int],
     for start in range(0, len(prompts), batch_size):
         chunk, chunk_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
         features = [e.embeddings.to(device, components.transformer.dtype) for e in encoder.encode(chunk)]
-        latents = initial_noise(chunk_seeds, size, size).to(device)
+        latents = initial_noise(chunk_seeds, size, size, vae_scale_factor=vae_scale_factor(components.vae)).to(device)
         scheduler = make_scheduler(components.scheduler, steps, shift, device)
         latents = denoise(components.transformer, scheduler, latents, features)
         pixels = decode_latents(components.vae, latents)
@@ -77,10 +77,11 @@ def evaluate(components: ZImageComponents, count: int = 200, size: int = 64) -> 
         pairs = heldout_prompts(kind, count)
         start = time.perf_counter()
         images = generate(components, [p for _, p in pairs], list(range(count)), size)
-        correct = sum(score_image(image, prompt).all_hold for image, (_, prompt) in zip(images, pairs))
+        scores = [score_image(image, prompt) for image, (_, prompt) in zip(images, pairs)]
+        correct = sum(score.all_hold for score in scores)
         low, high = wilson(correct, count)
         results[kind] = {"accuracy": correct / count, "wilson_low": low, "wilson_high": high, "n": count,
-                         "seconds": time.perf_counter() - start}
+                         "seconds": time.perf_counter() - start, "facts_by_kind": summary(scores)}
     return results
 
 
@@ -91,8 +92,11 @@ def main() -> None:
     parser.add_argument("weights", help="a diffusers-format folder (the training export or the embedded model)")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     components = load_diffusers_folder(args.weights, dtype=torch.float32)
+    for module in components.modules().values():
+        module.to(args.device)
     print(json.dumps(evaluate(components, args.count, args.size), indent=2))
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, ZImageTransformer2DModel
 from jsonargparse import CLI
 from transformers import Qwen3Model
 
@@ -82,6 +82,10 @@ def _trainer(stage_dir: Path, recipe_steps: int, max_minutes: float) -> L.Traine
 def _fit(module: L.LightningModule, data: _DeviceData, batches: TensorBatches, stage_dir: Path,
          steps: int, max_minutes: float) -> int:
     last = stage_dir / "checkpoints" / "last.ckpt"
+    # A resumed piece draws new batches and noise: seeded by the step it starts from.
+    start_step = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if last.is_file() else 0
+    batches.seed = [batches.seed, start_step] if start_step else batches.seed
+    L.seed_everything(int(np.random.default_rng(batches.seed).integers(2**31)) if start_step else batches.seed)
     original_step = module.training_step
     module.training_step = lambda indices, batch_idx: original_step(module.fetch(indices), batch_idx)
     trainer = _trainer(stage_dir, steps, max_minutes)
@@ -173,9 +177,21 @@ def caption_features(encoder: Qwen3Model, tokenizer, captions: list[str], device
     return features.to(torch.bfloat16), lengths
 
 
-def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float, compile: bool) -> None:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def _dit_data(recipe: WorldTrainingConfig, output_dir: Path, device: str) -> tuple[torch.Tensor, ...]:
+    """Training latents and caption features from the exported VAE and encoder.
+
+    Stored in `<output_dir>/dit/data.pt` with the exports' fingerprint, so a later piece
+    on the same machine skips rendering and encoding the world again.
+    """
     export = output_dir / "export"
+    key = json.dumps({"recipe": [recipe.seed, recipe.train_scenes, recipe.captions_per_scene, IMAGE_SIZE],
+                      "exports": [(p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                  for p in sorted(export.glob("vae/*.safetensors")) + sorted(export.glob("text_encoder/*.safetensors"))]})
+    cache = output_dir / "dit" / "data.pt"
+    if cache.is_file():
+        stored = torch.load(cache, map_location="cpu")
+        if stored["key"] == key:
+            return stored["tensors"]
     tokenizer = load_bundled_tokenizer()
     vae = AutoencoderKL.from_pretrained(export / "vae", torch_dtype=torch.float32).to(device).eval()
     encoder = Qwen3Model.from_pretrained(export / "text_encoder", torch_dtype=torch.float32).to(device).eval()
@@ -186,32 +202,53 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
             * vae.config.scaling_factor for s in range(0, len(images), 1024)])
     captions = [c for s in samples for c in s.captions]
     features, lengths = caption_features(encoder, tokenizer, captions + [""], device)
-    empty_features, empty_length = features[-1], lengths[-1]
-    features, lengths = features[:-1], lengths[:-1]
+    tensors = (latents.cpu(), features[:-1].cpu(), lengths[:-1].cpu(), features[-1].cpu(), lengths[-1].cpu())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "tensors": tensors}, cache)
+    return tensors
+
+
+def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float, compile: bool,
+              init_from_export: bool = False) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    export = output_dir / "export"
+    latents, features, lengths, empty_features, empty_length = _dit_data(recipe, output_dir, device)
     per_scene = recipe.captions_per_scene
     dropout = recipe.caption_dropout
 
     def make_batch(t: dict[str, torch.Tensor], scene_index: torch.Tensor) -> dict[str, torch.Tensor]:
         which = scene_index * per_scene + torch.randint(0, per_scene, scene_index.shape, device=scene_index.device)
-        feats, lens = t["features"][which], t["lengths"][which]
+        lens = t["lengths"][which]
+        # The batch's caption width, rounded up to diffusers' multiple of 32: a handful of shapes,
+        # each compiled once, instead of a data-dependent shape inside the compiled forward.
+        width = min(t["features"].shape[1], (int(lens.max()) + 31) // 32 * 32)
+        feats = t["features"][which, :width]
         drop = torch.rand(which.shape, device=which.device) < dropout
-        feats = torch.where(drop[:, None, None], t["empty"][: feats.shape[1]][None].expand_as(feats), feats)
+        feats = torch.where(drop[:, None, None], t["empty"][:width][None].expand_as(feats), feats)
         lens = torch.where(drop, t["empty_length"], lens)
         return {"latents": t["latents"][scene_index], "cap_feats": feats, "cap_lengths": lens}
 
+    features = torch.nn.functional.pad(features, (0, 0, 0, (-features.shape[1]) % 32))  # widths up to a multiple of 32
     empty = torch.zeros(features.shape[1], features.shape[2], dtype=features.dtype)
     empty[: int(empty_length)] = empty_features[: int(empty_length)].cpu()
     data = _DeviceData({"latents": latents, "features": features, "lengths": lengths, "empty": empty,
                         "empty_length": empty_length.clone()}, make_batch)
-    module = DitStage(recipe.dit, compile=compile)
+    module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay)
+    if init_from_export and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
+        # A piece on a fresh machine without the checkpoint: continue from the exported weights
+        # (the optimizer state and the step count start again; the log says so).
+        state = ZImageTransformer2DModel.from_pretrained(export / "transformer", torch_dtype=torch.float32).state_dict()
+        module.transformer.load_state_dict(state)
+        module.ema.module.load_state_dict(state)
+        _log(output_dir, {"stage": "dit", "note": "started from the exported transformer, without optimizer state"})
     steps = _fit(module, data, TensorBatches(len(latents), recipe.dit.batch_size, recipe.seed), output_dir / "dit", recipe.dit.max_steps, max_minutes)
-    transformer = module.transformer.float()
+    transformer = module.ema.module.float()  # the moving average is what ships
     transformer.to(torch.bfloat16).save_pretrained(export / "transformer")
     _log(output_dir, {"stage": "dit", "steps": steps, "final_loss": float(module.trainer.callback_metrics.get("dit/loss", float("nan")))})
 
 
 def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning_logs/world_model",
-         max_minutes: float = 8.5, compile: bool = True) -> None:
+         max_minutes: float = 8.5, compile: bool = True, init_from_export: bool = False) -> None:
     """Train one stage of the embedded world model (see the module docstring).
 
     Args:
@@ -220,6 +257,7 @@ def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning
         output_dir: checkpoints, exports and log.jsonl.
         max_minutes: wall-clock budget of this piece; run again to resume.
         compile: torch.compile the DiT's training forward (CUDA only).
+        init_from_export: DiT stage without a checkpoint: start from the exported transformer.
     """
     L.seed_everything(recipe.seed, workers=True)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -230,7 +268,7 @@ def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning
     elif stage == "encoder":
         train_encoder(recipe, output, max_minutes)
     else:
-        train_dit(recipe, output, max_minutes, compile)
+        train_dit(recipe, output, max_minutes, compile, init_from_export)
 
 
 if __name__ == "__main__":
