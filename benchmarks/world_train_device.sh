@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the embedded world model on one GPU, in pieces, and hand the exports back (under $OUT).
 #   bash benchmarks/world_train_device.sh all VAE_MIN ENCODER_MIN DIT_MIN   # first piece: every stage
-#   bash benchmarks/world_train_device.sh dit DIT_MIN                       # a further DiT piece
+#   bash benchmarks/world_train_device.sh dit DIT_MIN [train.py options]    # a further DiT piece
 # The VAE and the encoder do not depend on each other: they train side by side on the one GPU
 # (each is far too small to fill it); the DiT then trains on both exports. A DiT piece resumes
 # from lightning_logs/world_model/dit/checkpoints/last.ckpt when the machine still has it, else
@@ -29,7 +29,7 @@ if [ "$1" = all ]; then
   stage dit "$4" transformer
   wait
 else
-  stage dit "$2" transformer --init_from_export true
+  stage dit "$2" transformer --init_from_export true "${@:3}"
 fi
 python3 -m llm_dit.world_model.evaluate "$root/export" --count 200 2>&1 | quiet | tee "$OUT/eval.json"
 tar -C "$root" -czf "$OUT/logs.tar.gz" log.jsonl $(cd "$root" && ls *_metrics_*.csv vae_eval.txt 2>/dev/null)

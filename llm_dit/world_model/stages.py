@@ -111,7 +111,8 @@ class DitStage(_Stage):
     what ships: at a few thousand steps it samples far more cleanly than the raw weights.
     """
 
-    def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True, ema_decay: float = 0.999) -> None:
+    def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True, ema_decay: float = 0.999,
+                 static_caption_width: bool = True) -> None:
         super().__init__(settings)
         self.transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
         # diffusers starts the learned pad tokens at zero; a trained model's are not.
@@ -123,6 +124,7 @@ class DitStage(_Stage):
         self.shift = shift
         self.forward_fn = batched_forward
         self.compile = compile
+        self.static_caption_width = static_caption_width
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update_parameters(self.transformer)
@@ -140,8 +142,9 @@ class DitStage(_Stage):
         s = torch.sigmoid(torch.randn(x0.shape[0], device=x0.device))  # logit-normal(0, 1)
         sigma = shift_sigmas(s, self.shift)
         x_t = noisy_latents(x0, noise, sigma)
+        width = batch["cap_feats"].shape[1] if self.static_caption_width else None
         prediction = self.forward_fn(self.transformer, x_t, 1 - sigma, batch["cap_feats"], batch["cap_lengths"],
-                                     cap_len_max=batch["cap_feats"].shape[1])
+                                     cap_len_max=width)
         loss = F.mse_loss(prediction.float(), velocity_target(x0, noise).float())
         self.log("dit/loss", loss, prog_bar=True)
         return loss

@@ -209,7 +209,7 @@ def _dit_data(recipe: WorldTrainingConfig, output_dir: Path, device: str) -> tup
 
 
 def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float, compile: bool,
-              init_from_export: bool = False) -> None:
+              init_from_export: bool = False, static_caption_width: bool = True) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     export = output_dir / "export"
     latents, features, lengths, empty_features, empty_length = _dit_data(recipe, output_dir, device)
@@ -233,8 +233,8 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
     empty[: int(empty_length)] = empty_features[: int(empty_length)].cpu()
     data = _DeviceData({"latents": latents, "features": features, "lengths": lengths, "empty": empty,
                         "empty_length": empty_length.clone()}, make_batch)
-    module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay)
-    if init_from_export and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
+    module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay, static_caption_width=static_caption_width)
+    if init_from_export and (export / "transformer").is_dir() and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
         # A piece on a fresh machine without the checkpoint: continue from the exported weights
         # (the optimizer state and the step count start again; the log says so).
         state = ZImageTransformer2DModel.from_pretrained(export / "transformer", torch_dtype=torch.float32).state_dict()
@@ -248,7 +248,8 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
 
 
 def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning_logs/world_model",
-         max_minutes: float = 8.5, compile: bool = True, init_from_export: bool = False) -> None:
+         max_minutes: float = 8.5, compile: bool = True, init_from_export: bool = False,
+         static_caption_width: bool = True) -> None:
     """Train one stage of the embedded world model (see the module docstring).
 
     Args:
@@ -258,6 +259,8 @@ def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning
         max_minutes: wall-clock budget of this piece; run again to resume.
         compile: torch.compile the DiT's training forward (CUDA only).
         init_from_export: DiT stage without a checkpoint: start from the exported transformer.
+        static_caption_width: DiT stage: captions padded to the batch's multiple of 32 (no graph
+            break under compile); false pads like diffusers, from the data.
     """
     L.seed_everything(recipe.seed, workers=True)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -268,7 +271,7 @@ def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning
     elif stage == "encoder":
         train_encoder(recipe, output, max_minutes)
     else:
-        train_dit(recipe, output, max_minutes, compile, init_from_export)
+        train_dit(recipe, output, max_minutes, compile, init_from_export, static_caption_width)
 
 
 if __name__ == "__main__":
