@@ -72,6 +72,7 @@ class StageSettings:
         learning_rate: AdamW peak rate (linear warm-up, cosine decay to 10 %).
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay.
+        beta2: AdamW's second-moment decay (0.95 steadies transformer training).
     """
 
     max_steps: int
@@ -79,6 +80,7 @@ class StageSettings:
     learning_rate: float
     warmup_steps: int = 200
     weight_decay: float = 0.0
+    beta2: float = 0.99
 
 
 @dataclass

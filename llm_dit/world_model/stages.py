@@ -45,7 +45,7 @@ class _Stage(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.settings.learning_rate, weight_decay=self.settings.weight_decay,
-                                      betas=(0.9, 0.99))
+                                      betas=(0.9, self.settings.beta2))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup_cosine(optimizer, self.settings), "interval": "step"}}
 
 
