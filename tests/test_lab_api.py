@@ -258,3 +258,28 @@ def test_history_survives_a_restart(lab):
     assert again["resumed"] and again["row"]["item_id"] == "skip/p000_s3"
     with pytest.raises(ValueError, match="another baseline"):
         LabSession(ZImageModule(weights="tiny-random"), session.folder, sampler={**SAMPLER, "steps": 3})
+
+
+def test_serve_takes_any_model_option_and_binds_locally(tmp_path):
+    from llm_dit.lab.serve import build_parser
+
+    options = build_parser().parse_args(["--model.weights", "tiny-random", "--model.dtype", "bfloat16",
+                                         "--model.tiny_seed", "3", "--folder", str(tmp_path / "lab")])
+    assert options.host == "127.0.0.1"
+    assert (options.model.weights, options.model.dtype, options.model.tiny_seed) == ("tiny-random", "bfloat16", 3)
+
+
+def test_the_lab_runs_on_saved_embeddings(tmp_path):
+    """A lab over saved embeddings never builds the encoder; a prompt that was not encoded is a 422."""
+    from llm_dit.encode_study import encode_items
+
+    study = Study(name="enc", prompts=["A red cube"], seeds=[1], sampler=SAMPLER)
+    encode_items(ZImageModule(weights="tiny-random"), study.items(), tmp_path / "emb", device="cpu")
+    session = LabSession(ZImageModule(weights="tiny-random", embeddings=str(tmp_path / "emb")), tmp_path / "lab",
+                         sampler=SAMPLER, accelerator="cpu")
+    client = TestClient(create_app(session))
+    assert session.module.text_encoder is None and client.get("/memory").json()["components"]["text_encoder"] is None
+    assert client.post("/generate", json={"prompt": "A red cube", "seed": 1}).status_code == 200
+    missing = client.post("/generate", json={"prompt": "A blue cube", "seed": 1})
+    assert missing.status_code == 422 and "no saved embedding for prompt 'A blue cube'" in missing.json()["detail"]
+    assert client.post("/generate", json={"prompt": "A red cube", "seed": 2}).status_code == 200  # still serving

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from callbacks.writer import read_rows
 from llm_dit.lab import LabSession, create_app
+from llm_dit.lab.serve import BackgroundServer
 from llm_dit.module import ZImageModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,34 +27,8 @@ SAMPLER = {"steps": 2, "height": 32, "width": 32}
 TIMEOUT_S = 120
 
 
-class LabServer:
-    """uvicorn serving a LabSession on a free local port, in a thread (stopped with `stop`)."""
-
-    def __init__(self, session: LabSession) -> None:
-        import uvicorn
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(create_app(session), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def __enter__(self) -> LabServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the lab server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+def lab_server(session: LabSession) -> BackgroundServer:
+    return BackgroundServer(create_app(session))
 
 
 @pytest.fixture
@@ -97,7 +70,7 @@ def test_generate_compare_and_history_after_restart(browser, tmp_path):
     from selenium.webdriver.support.ui import Select
 
     folder = tmp_path / "lab"
-    with LabServer(LabSession(ZImageModule(weights="tiny-random"), folder, sampler=SAMPLER, accelerator="cpu")) as server:
+    with lab_server(LabSession(ZImageModule(weights="tiny-random"), folder, sampler=SAMPLER, accelerator="cpu")) as server:
         browser.get(server.url)
         wait_for(browser, "document.body.dataset.ready")
         prompt = browser.find_element(By.ID, "prompt")
@@ -140,7 +113,7 @@ def test_generate_compare_and_history_after_restart(browser, tmp_path):
         assert groups == [2, 1]  # newest first: the comparison, then the first generation
 
     # a new server on the same lab folder shows the same history
-    with LabServer(LabSession(ZImageModule(weights="tiny-random"), folder, sampler=SAMPLER, accelerator="cpu")) as server:
+    with lab_server(LabSession(ZImageModule(weights="tiny-random"), folder, sampler=SAMPLER, accelerator="cpu")) as server:
         browser.get(server.url)
         wait_for(browser, "document.body.dataset.ready")
         items = wait_for(browser, "[...document.querySelectorAll('.history-item')].map(i => i.dataset.item)")

@@ -9,7 +9,10 @@ the model to that network: there is no authentication.
 
 from __future__ import annotations
 
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,34 @@ def serve_main(args: list[str]) -> None:
     app, options = build_lab(args)
     print(f"lab: http://{options.host}:{options.port}/  (folder {options.folder}; Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+
+
+class BackgroundServer:
+    """uvicorn serving `app` on a free local port in a thread, as a context manager (tests, screenshots)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            self.port = probe.getsockname()[1]
+        self.host = host
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the lab server did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
