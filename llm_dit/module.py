@@ -115,6 +115,9 @@ class ZImageModule(L.LightningModule):
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         check_weights_source(weights, allow_pickle=allow_pickle)
         compile_parts(compile)
+        if embeddings is not None and adapter is not None:
+            raise ValueError("model.embeddings is for predict and serve; fit encodes its own captions and "
+                             "validation prompts: leave --model.embeddings out")
         self.saved_embeddings = None if embeddings is None else SavedEmbeddings.open(
             embeddings, weights, text_encoder_override, tiny_seed, allow_pickle)
         self.save_hyperparameters()

@@ -207,6 +207,9 @@ def test_hook_points_health_memory_presets(lab):
     assert memory["device"] == "cpu" and memory["process_rss_mib"] > 0
     assert memory["components"]["transformer"]["parameters"] == sum(
         p.numel() for p in session.module.transformer.parameters())
+    for outside in ("/files/../../../etc/hostname", "/files/%2e%2e/%2e%2e/%2e%2e/etc/hostname", "/files//etc/hostname"):
+        assert client.get(outside).status_code == 404  # only the lab folder is served
+    assert client.get("/files/results.jsonl").status_code == 200
     presets = client.get("/presets").json()
     skip = next(p for p in presets if p.get("config") == "refiner_skip" and p["name"] == "skip")
     assert skip["condition"]["surgery"] == [{"variant": "skip"}] and skip["condition"]["sampler"]["height"] == 64
@@ -223,6 +226,8 @@ def test_save_as_condition_writes_a_study_yaml(lab):
     study.validate()
     (saved,) = [c for c in study.resolved_conditions() if c.name == "deep"]
     assert saved.encoding == {"hidden_layer": -3} and saved.surgery == [{"variant": "skip"}]
+    assert [p.text for p in study.resolved_prompts()] == ["A cat"] and study.seeds == [1]
+    assert study.baseline_sampler().to_dict() == session.study.baseline_sampler().to_dict()
     assert client.post("/save-condition", json={"condition": {"name": "../x"}}).status_code == 422
 
 

@@ -186,3 +186,11 @@ def test_saved_embeddings_answer_like_the_encoder(encoded, weights):
     (mine,), (theirs,) = saved.encode([STUDY["prompts"][0]], options), live.encode([STUDY["prompts"][0]], options)
     assert mine.tokens == theirs.tokens and mine.segments == theirs.segments and mine.text == theirs.text
     assert mine.embeddings.equal(theirs.embeddings) and mine.token_ids.equal(theirs.token_ids)
+
+
+def test_fit_refuses_saved_embeddings(encoded, weights):
+    from llm_dit.module import ZImageModule
+
+    _, folder = encoded
+    with pytest.raises(ValueError, match="for predict and serve"):
+        ZImageModule(weights=str(weights), embeddings=str(folder), adapter={"variant": "lora"})

@@ -269,7 +269,8 @@ class LabSession:
 
     def save_condition(self, condition: Any, prompt: str | None = None, seed: int | None = None) -> Path:
         """Write `conditions/<name>.yaml` in the lab folder: a predict config whose study is the lab's
-        baseline, its control, and this condition (run it with `predict --config`, or copy the condition)."""
+        baseline, its control and this condition, on `prompt` and `seed` (default: the lab's prompts and
+        seeds). Run it with `predict --config`, or copy the condition into another study."""
         import yaml
 
         spec = parse_condition(condition)
@@ -285,8 +286,8 @@ class LabSession:
             "model": {"weights": weights if isinstance(weights, str) else str(weights), "dtype": self.module.hparams.dtype},
             "data": {"class_path": "llm_dit.data.StudyDataModule", "init_args": {"study": {
                 "name": f"{self.study.name}_{named.name}", "kind": "custom",
-                "prompts": [p.text for p in self.study.prompts] or [item.original_prompt],
-                "seeds": list(self.study.seeds) or [item.seed],
+                "prompts": [item.original_prompt] if prompt else [p.text for p in self.study.prompts] or [item.original_prompt],
+                "seeds": [item.seed] if seed is not None else list(self.study.seeds) or [item.seed],
                 "encoding": dict(self.study.encoding), "sampler": dict(self.study.sampler),
                 "control": CONTROL, "conditions": [{"name": CONTROL}, entry],
             }}},
