@@ -237,7 +237,8 @@ def test_the_lab_folder_is_an_ordinary_study(lab, workdir):
     from llm_dit.report import export_ab_page, write_report
 
     session, client = lab
-    assert client.post("/generate", json={"prompt": "A red cube", "seed": 3, "condition": {"name": "baseline"}}).status_code == 200
+    for condition in ({"name": "baseline"}, SKIP):
+        assert client.post("/generate", json={"prompt": "A red cube", "seed": 3, "condition": condition}).status_code == 200
     report = write_report(session.folder, n_boot=50)
     text = report.read_text()
     assert "skip" in text and "baseline" in text
@@ -247,14 +248,18 @@ def test_the_lab_folder_is_an_ordinary_study(lab, workdir):
     accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
     accumulator.Reload()
     assert "grids/skip" in accumulator.Tags()["images"]
+    sessions = sorted((session.folder / "hparams").iterdir())
+    assert [p.name.split("_", 1)[1] for p in sessions][:2] == ["baseline", "skip"]
+    assert all(len(list(p.glob("events.out.tfevents.*"))) == 1 for p in sessions)  # one per condition, not per request
     # nothing outside the lab folder: the working directory holds only it
     assert [p.name for p in workdir.iterdir()] == ["labs"] and [p.name for p in (workdir / "labs").iterdir()] == ["lab"]
 
 
 def test_history_survives_a_restart(lab):
     session, client = lab
+    client.post("/generate", json={"prompt": "A red cube", "seed": 3, "condition": SKIP, "group": "restart"})
     before = client.get("/history").json()
-    assert before and before[0]["group"] == "g1"
+    assert before[-1]["group"] == "restart" and before[-1]["row"]["item_id"] == "skip/p000_s3"
     restarted = LabSession(ZImageModule(weights="tiny-random"), session.folder, sampler=SAMPLER, accelerator="cpu")
     second = TestClient(create_app(restarted))
     assert second.get("/history").json() == before

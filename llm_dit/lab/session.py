@@ -63,6 +63,15 @@ class StayOnDevice(SingleDeviceStrategy):
             self._lightning_module = module
 
 
+def prune_hparams_events(folder: Path) -> None:
+    """Keep the newest HParams event file per condition: TensorBoardReview writes a complete one at
+    every predict end, so after hundreds of lab requests the older ones would only repeat it."""
+    for session in (folder / "hparams").glob("*"):
+        files = sorted(session.glob("events.out.tfevents.*"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        for old in files[:-1]:
+            old.unlink(missing_ok=True)
+
+
 def condition_settings(condition: ConditionSpec) -> dict[str, Any]:
     """What a condition does (never its name): the lab matches conditions on this."""
     return canonical({"encoding": condition.encoding, "sampler": condition.sampler,
@@ -226,6 +235,7 @@ class LabSession:
         finally:
             self.module.step_cache = None
             self.module.embedding_cache.end_plan()
+            prune_hparams_events(self.folder)
 
     def _strategy(self) -> StayOnDevice:
         from lightning.pytorch.accelerators import find_usable_cuda_devices
