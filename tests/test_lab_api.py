@@ -4,7 +4,6 @@ requests on one loaded tiny-random model, and the lab folder as an ordinary stud
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import threading
@@ -17,7 +16,6 @@ import torch
 import yaml
 from fastapi.testclient import TestClient
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image
 
 from callbacks.writer import StudyWriter, read_rows
 from llm_dit.lab import LabSession, create_app
@@ -45,11 +43,6 @@ def lab(workdir) -> tuple[LabSession, TestClient]:
     session = LabSession(ZImageModule(weights="tiny-random"), workdir / "labs" / "lab", sampler=SAMPLER,
                          accelerator="cpu")
     return session, TestClient(create_app(session))
-
-
-def png_of(result: dict) -> torch.Tensor:
-    image = Image.open(io.BytesIO(base64.b64decode(result["png_base64"]))).convert("RGB")
-    return torch.tensor(list(image.getdata())).view(image.height, image.width, 3)
 
 
 def study_image(root: Path, prompt: str, seed: int, condition: dict) -> bytes:

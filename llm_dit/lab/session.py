@@ -121,7 +121,6 @@ class LabSession:
         self.study = self._open_study(dict(encoding or {}), dict(sampler or {}))
         self.module.configure_model()
         self.callbacks = self._callbacks()
-        self.generated = 0
 
     # ----- the lab's study ---------------------------------------------------------------
 
