@@ -194,3 +194,30 @@ def test_fit_refuses_saved_embeddings(encoded, weights):
     _, folder = encoded
     with pytest.raises(ValueError, match="for predict and serve"):
         ZImageModule(weights=str(weights), embeddings=str(folder), adapter={"variant": "lora"})
+
+
+def test_single_files_load_without_the_encoder(tmp_path, monkeypatch):
+    """ComfyUI-style files: the DiT and VAE load (same weights as the full load), the encoder file is never read."""
+    from llm_dit.models import export_single_files, load_components
+    from llm_dit.models.without_encoder import load_components_without_text_encoder
+
+    components = build_tiny_components(seed=0)
+    export_single_files(components, tmp_path)
+    full = load_components(str(tmp_path))
+    forbid_encoder(monkeypatch)
+    import llm_dit.models.single_file as single_file
+
+    read = single_file.load_single_file
+
+    def no_encoder_file(path, role, *args, **kwargs):
+        assert role != "text_encoder", f"the text encoder file {path} was loaded"
+        return read(path, role, *args, **kwargs)
+
+    monkeypatch.setattr(single_file, "load_single_file", no_encoder_file)
+    loaded = load_components_without_text_encoder(str(tmp_path), caption_dim=32)
+    assert loaded.text_encoder is None and loaded.tokenizer is None
+    for part in ("transformer", "vae"):
+        mine, theirs = getattr(loaded, part).state_dict(), getattr(full, part).state_dict()
+        assert mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
+    with pytest.raises(ValueError, match="64 wide"):
+        load_components_without_text_encoder(str(tmp_path), caption_dim=64)

@@ -17,7 +17,7 @@ import torch
 from llm_dit.errors import UserError
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import load_components, resolve_weights
-from llm_dit.models.placement import Placement, resolve_dtype, set_vae_tiling
+from llm_dit.models.placement import Placement, release_cached_memory, resolve_dtype, set_vae_tiling
 
 GENERATION_PARTS = ("transformer", "vae")
 
@@ -38,6 +38,7 @@ def load_components_without_text_encoder(
     else:
         components = load_components(weights, dtype=default, seed=seed, allow_pickle=allow_pickle)
         components.text_encoder, components.tokenizer = None, None
+        release_cached_memory()  # the dropped encoder's memory goes back before anything is generated
         for part in GENERATION_PARTS:
             getattr(components, part).to(dtypes[part])
     if placement is not None:
