@@ -222,6 +222,8 @@ def test_save_as_condition_writes_a_study_yaml(lab):
     assert [p.text for p in study.resolved_prompts()] == ["A cat"] and study.seeds == [1]
     assert study.baseline_sampler().to_dict() == session.study.baseline_sampler().to_dict()
     assert client.post("/save-condition", json={"condition": {"name": "../x"}}).status_code == 422
+    preset = next(p for p in client.get("/presets").json() if p.get("config") == "saved/deep" and p["name"] == "deep")
+    assert preset["condition"]["surgery"] == [{"variant": "skip"}] and preset["condition"]["sampler"] == SAMPLER
 
 
 def test_the_lab_folder_is_an_ordinary_study(lab, workdir):
@@ -270,6 +272,19 @@ def test_serve_takes_any_model_option_and_binds_locally(tmp_path):
                                          "--model.tiny_seed", "3", "--folder", str(tmp_path / "lab")])
     assert options.host == "127.0.0.1"
     assert (options.model.weights, options.model.dtype, options.model.tiny_seed) == ("tiny-random", "bfloat16", 3)
+
+
+def test_serve_takes_a_study_config_as_model_and_baseline(tmp_path):
+    from llm_dit.lab.serve import build_lab
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "baseline.yaml"
+    app, options = build_lab(["--config", str(config), "--model.weights", "tiny-random", "--folder", str(tmp_path / "lab"),
+                              "--accelerator", "cpu"])
+    client = TestClient(app)
+    assert client.get("/health").json()["weights"] == "tiny-random"
+    row = client.post("/generate", json={"prompt": "A cat", "seed": 1}).json()["row"]
+    sampler = yaml.safe_load(config.read_text())["data"]["init_args"]["study"]["sampler"]
+    assert {key: row[key] for key in sampler} == sampler  # the study's baseline is the lab's
 
 
 def test_the_lab_runs_on_saved_embeddings(tmp_path):

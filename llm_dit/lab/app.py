@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from llm_dit import errors
 from llm_dit.lab.page import PAGE
 from llm_dit.lab.presets import shipped_presets
-from llm_dit.lab.session import LabError, LabSession
+from llm_dit.lab.session import CONDITIONS_FOLDER, LabError, LabSession
 
 log = logging.getLogger("llm_dit.lab")
 T = TypeVar("T")
@@ -86,7 +86,10 @@ def create_app(session: LabSession, presets_folder: str | Path | None = None) ->
 
     @app.get("/presets")
     def presets() -> list[dict[str, Any]]:
-        return answer(lambda: shipped_presets(presets_folder))
+        def run() -> list[dict[str, Any]]:
+            saved = shipped_presets(session.folder / CONDITIONS_FOLDER)  # "save as condition" files of this lab
+            return shipped_presets(presets_folder) + [{**p, "config": f"saved/{p['config']}"} for p in saved]
+        return answer(run)
 
     @app.get("/history")
     def history() -> list[dict[str, Any]]:

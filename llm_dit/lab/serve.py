@@ -3,7 +3,8 @@
 Options: every `--model.*` of predict (`--model.weights /models/Z-Image-Turbo --model.dtype bfloat16`,
 `--model.embeddings DIR`, ...), `--folder` (the lab run folder, default lightning_logs/lab),
 `--host` (default 127.0.0.1: only this machine), `--port`, `--encoding` / `--sampler` (the lab's
-baseline, as a study's), `--config` (a YAML of the same keys). Binding to another host exposes
+baseline, as a study's), `--config` (a YAML of the same keys, or a study config: its model section
+and its study's baseline are used, the rest ignored). Binding to another host exposes
 the model to that network: there is no authentication.
 """
 
@@ -14,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -35,6 +36,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--encoding", type=dict, default={}, help="the lab's baseline encoding options")
     parser.add_argument("--sampler", type=dict, default={}, help="the lab's baseline sampler settings, e.g. {height: 512, width: 512}")
     parser.add_argument("--accelerator", default="auto", help="auto | cpu | gpu")
+    parser.add_argument("--data", type=Optional[dict], default=None,
+                        help="a study config's data section: without --encoding/--sampler, its study's baseline is the lab's")
+    parser.add_argument("--trainer", type=Optional[dict], default=None, help="ignored (so a study config can be given)")
     parser.add_argument("--presets", default=None, help="folder of study YAMLs whose conditions are presets (default: configs/)")
     return parser
 
@@ -47,7 +51,11 @@ def build_lab(args: list[str]) -> tuple[Any, Any]:
     parser = build_parser()
     options = parser.parse_args(args)
     init = parser.instantiate_classes(options)
-    session = LabSession(init.model, Path(options.folder), options.encoding, options.sampler, options.accelerator)
+    encoding, sampler = options.encoding, options.sampler
+    study = ((options.data or {}).get("init_args") or {}).get("study") or {}
+    if not encoding and not sampler and isinstance(study, dict):
+        encoding, sampler = dict(study.get("encoding") or {}), dict(study.get("sampler") or {})
+    session = LabSession(init.model, Path(options.folder), encoding, sampler, options.accelerator)
     return create_app(session, options.presets), options
 
 
