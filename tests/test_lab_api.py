@@ -301,3 +301,9 @@ def test_the_lab_runs_on_saved_embeddings(tmp_path):
     missing = client.post("/generate", json={"prompt": "A blue cube", "seed": 1})
     assert missing.status_code == 422 and "no saved embedding for prompt 'A blue cube'" in missing.json()["detail"]
     assert client.post("/generate", json={"prompt": "A red cube", "seed": 2}).status_code == 200  # still serving
+
+
+def test_a_lab_cannot_free_its_encoder(tmp_path):
+    with pytest.raises(ValueError, match="--model.embeddings"):
+        LabSession(ZImageModule(weights="tiny-random", free_encoder_after_encoding=True), tmp_path / "lab")
+    assert not (tmp_path / "lab").exists()
