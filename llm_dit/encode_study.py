@@ -17,10 +17,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
-from llm_dit.encoding.options import EncodingOptions
+from llm_dit.encoding.cache import to_cpu
 from llm_dit.encoding.saved import (
-    MANIFEST, embedding_key, encoder_identity, encoder_mismatch, encoder_record, item_keys, read_manifest,
-    save_embedding, write_manifest,
+    MANIFEST, embedding_key, encoder_identity, encoder_mismatch, encoder_record, read_manifest, save_embedding,
+    write_manifest,
 )
 from llm_dit.module import ZImageModule
 
@@ -55,15 +55,22 @@ def encode_main(args: list[str]) -> Path | None:
     if module.saved_embeddings is not None:
         raise ValueError("encode runs the text encoder: leave --model.embeddings out")
     out = Path(cli.config["out"]).expanduser()
-    written, total = encode_items(module, items, out, cli.config["device"])
+    batches = datamodule.batches() if callable(getattr(datamodule, "batches", None)) else [[item] for item in items]
+    written, total = encode_batches(module, batches, out, cli.config["device"])
     config = _config_path(args)
     print(f"saved {total} embedding(s) ({written} new) for {len(items)} item(s) in {out}/ ({MANIFEST} indexes them)\n"
           f"next: python -m llm_dit.cli predict --config {config} --model.embeddings {out}", file=sys.stderr)
     return out
 
 
-def encode_items(module: ZImageModule, items: list[Any], out: Path, device: str = "auto") -> tuple[int, int]:
-    """Encode every (prompt, options) of `items` into `out`; returns (files written, entries in the folder)."""
+def encode_batches(module: ZImageModule, batches: list[list[Any]], out: Path, device: str = "auto") -> tuple[int, int]:
+    """Encode every (prompt, options) of the study's `batches` into `out`; returns (files written, entries in the folder).
+
+    The encoder is called as predict calls it (ZImageModule.generate -> encode): per batch, once for
+    the prompts not encoded before, once for the negative prompt under CFG. So even where a prompt's
+    features depend on its batch mates (encoder_padding "diffusers" with a long-prompt mode, which
+    pads a batch to its longest prompt), the saved features are the ones predict would compute.
+    """
     hparams = module.hparams
     identity = encoder_identity(hparams.weights, hparams.text_encoder_override, hparams.tiny_seed, hparams.allow_pickle)
     existing = read_manifest(out) if (out / MANIFEST).is_file() else None
@@ -82,21 +89,24 @@ def encode_items(module: ZImageModule, items: list[Any], out: Path, device: str 
                              f"{before.get('padding')!r}, this run encodes in {record['dtype']} with padding "
                              f"{record['padding']!r}; encode into another folder (--out)")
     entries = dict(existing["entries"]) if existing else {}
-    by_options: dict[EncodingOptions, list[str]] = {}
-    for prompt, options in dict.fromkeys(item_keys(items)):
-        if embedding_key(prompt, options) not in entries:
-            by_options.setdefault(options, []).append(prompt)
     written = 0
-    for options, prompts in by_options.items():
-        for prompt, encoded in zip(prompts, module.encode(prompts, options)):
-            path = save_embedding(out, prompt, options, encoded, record)
-            entries[path.stem] = {
-                "file": path.name, "prompt": prompt, "options": options.to_dict(),
-                "num_tokens": int(encoded.num_tokens), "rows": int(encoded.embeddings.shape[0]),
-                "dim": int(encoded.embeddings.shape[1]),
-            }
-            written += 1
-        module.embedding_cache.clear()
+    for batch in batches:
+        options = batch[0].encoding
+        calls = [[item.prompt for item in batch]]
+        if batch[0].sampler.uses_cfg:
+            calls.append([batch[0].sampler.negative_prompt])
+        for prompts in calls:
+            missing = [p for p in dict.fromkeys(prompts) if embedding_key(p, options) not in entries]
+            if not missing:
+                continue
+            for prompt, encoded in zip(missing, module.encoder.encode(missing, options)):
+                path = save_embedding(out, prompt, options, to_cpu(encoded), record)
+                entries[path.stem] = {
+                    "file": path.name, "prompt": prompt, "options": options.to_dict(),
+                    "num_tokens": int(encoded.num_tokens), "rows": int(encoded.embeddings.shape[0]),
+                    "dim": int(encoded.embeddings.shape[1]),
+                }
+                written += 1
     write_manifest(out, record, entries)
     return written, len(entries)
 

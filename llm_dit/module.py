@@ -20,11 +20,10 @@ from PIL import Image
 
 import surgery
 from llm_dit.accel.compile import compile_parts
-from llm_dit.encoding.cache import EmbeddingCache, to_cpu
+from llm_dit.encoding.cache import EmbeddingCache, item_keys, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.saved import SavedEmbeddings
-from llm_dit.encoding.saved import item_keys as saved_item_keys
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
@@ -191,7 +190,8 @@ class ZImageModule(L.LightningModule):
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from None
         if self.saved_embeddings is not None:
-            self.saved_embeddings.check_covers(saved_item_keys(study.items() if items is None else items))
+            self.saved_embeddings.check_covers(
+                [key for item in (study.items() if items is None else items) for key in item_keys(item)])
 
     # ----- encoding -----------------------------------------------------------------
 

@@ -289,10 +289,10 @@ def test_serve_takes_a_study_config_as_model_and_baseline(tmp_path):
 
 def test_the_lab_runs_on_saved_embeddings(tmp_path):
     """A lab over saved embeddings never builds the encoder; a prompt that was not encoded is a 422."""
-    from llm_dit.encode_study import encode_items
+    from llm_dit.encode_study import encode_batches
 
     study = Study(name="enc", prompts=["A red cube"], seeds=[1], sampler=SAMPLER)
-    encode_items(ZImageModule(weights="tiny-random"), study.items(), tmp_path / "emb", device="cpu")
+    encode_batches(ZImageModule(weights="tiny-random"), [study.items()], tmp_path / "emb", device="cpu")
     session = LabSession(ZImageModule(weights="tiny-random", embeddings=str(tmp_path / "emb")), tmp_path / "lab",
                          sampler=SAMPLER, accelerator="cpu")
     client = TestClient(create_app(session))

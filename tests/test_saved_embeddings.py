@@ -221,3 +221,27 @@ def test_single_files_load_without_the_encoder(tmp_path, monkeypatch):
         assert mine.keys() == theirs.keys() and all(mine[k].equal(theirs[k]) for k in mine)
     with pytest.raises(ValueError, match="64 wide"):
         load_components_without_text_encoder(str(tmp_path), caption_dim=64)
+
+
+def test_features_that_depend_on_batch_mates_are_saved_as_predict_computes_them(tmp_path):
+    """encoder_padding "diffusers" with a long-prompt mode pads a batch to its longest prompt: a prompt's
+    features then depend (in the last bits) on its batch mates. encode calls the encoder per predict batch."""
+    from llm_dit.encoding.encoder import ZImageTextEncoder
+
+    short, long = "A red cube on a wooden table in the morning light", "A cat " * 20
+    options = EncodingOptions(max_length=12, long_prompt_mode="pool")
+    config = {
+        "trainer": {"accelerator": "cpu", "devices": 1},
+        "model": {"weights": "tiny-random", "encoder_padding": "diffusers"},
+        "data": {"class_path": "llm_dit.data.StudyDataModule", "init_args": {"batch_size": 2, "study": {
+            "name": "pooled", "prompts": [short, long], "seeds": [1], "sampler": STUDY["sampler"],
+            "encoding": {"max_length": 12, "long_prompt_mode": "pool"}}}},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    cli_main(["encode", "--config", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "emb")])
+    saved = SavedEmbeddings.open(tmp_path / "emb", "tiny-random").encode([short, long], options)
+    encoder = ZImageTextEncoder.from_pretrained("tiny-random", padding="diffusers")
+    batch = encoder.encode([short, long], options)  # what predict's one batch computes
+    alone = encoder.encode([short], options)[0]
+    assert not alone.embeddings.equal(batch[0].embeddings)  # the case is real: batch mates matter here
+    assert all(mine.embeddings.equal(theirs.embeddings) for mine, theirs in zip(saved, batch))

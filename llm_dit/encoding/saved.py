@@ -302,9 +302,3 @@ class SavedEmbeddings:
             compressed=bool(fields["compressed"]), row_segments=list(fields["row_segments"]),
         )
 
-
-def item_keys(items: Iterable[Any]) -> list[Key]:
-    """Every (prompt, options) the items encode: the prompt, and the negative prompt under CFG."""
-    from llm_dit.encoding.cache import item_keys as keys_of
-
-    return [key for item in items for key in keys_of(item)]
