@@ -36,6 +36,8 @@ SUBCOMMANDS = {
     "report": "write report.md for a finished run: report lightning_logs/<study name>",
     "ab-page": "write ab_page.html, blind control-vs-condition pairs for raters: ab-page <run folder>",
     "hook-points": "list every block list and block that surgery can target: hook-points [--weights tiny]",
+    "encode": "save a study's prompt embeddings (text encoder only): encode --config <study>.yaml --out DIR",
+    "serve": "the interactive lab (web page + REST API) on one loaded model: serve [--model.weights tiny]",
 }
 HELP = "\n".join([
     f"usage: {PROG} <subcommand> [options]",
@@ -98,7 +100,7 @@ class StudyCLI(LightningCLI):
     def validate_before_run(self) -> None:
         study = getattr(self.datamodule, "study", None)
         if study is not None:
-            self.model.validate_study(study)
+            self.model.validate_study(study, getattr(self.datamodule, "items", None))
             check_adapters_fit([c.surgery for c in study.resolved_conditions()],
                                transformer_config(self.model.hparams.weights))
         for callback in self.trainer.callbacks:  # metric weights that were set must load (one-line error)
@@ -225,8 +227,20 @@ def _hook_points(args: list[str]) -> None:
     print(surgery.format_hook_points(surgery.hook_points(components.transformer)))
 
 
+def _encode(args: list[str]) -> None:
+    from llm_dit.encode_study import encode_main
+
+    encode_main(args)
+
+
+def _serve(args: list[str]) -> None:
+    from llm_dit.lab.serve import serve_main
+
+    serve_main(args)
+
+
 # Subcommands outside LightningCLI; each takes the arguments after its name.
-TOOLS = {"report": _report, "ab-page": _ab_page, "hook-points": _hook_points}
+TOOLS = {"report": _report, "ab-page": _ab_page, "hook-points": _hook_points, "encode": _encode, "serve": _serve}
 
 
 def main(args: list[str] | None = None) -> None:

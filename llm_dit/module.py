@@ -20,12 +20,14 @@ from PIL import Image
 
 import surgery
 from llm_dit.accel.compile import compile_parts
-from llm_dit.encoding.cache import EmbeddingCache, to_cpu
+from llm_dit.encoding.cache import EmbeddingCache, item_keys, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
+from llm_dit.encoding.saved import SavedEmbeddings
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
+from llm_dit.models.without_encoder import load_components_without_text_encoder
 from llm_dit.outputs import GeneratedBatch
 from llm_dit.sampling.euler import decode_latents, denoise, initial_noise, vae_scale_factor
 from llm_dit.sampling.schedule import make_scheduler
@@ -77,6 +79,9 @@ class ZImageModule(L.LightningModule):
         text_encoder_override: another encoder of the same hidden size (folder or single file),
             e.g. Qwen3-Embedding-4B, swapped in for the next ablation.
         allow_pickle: accept pickle checkpoints (.bin/.pt/.ckpt); off because they can run code.
+        embeddings: predict only: a saved-embeddings folder (`python -m llm_dit.cli encode`): prompts
+            are read from it and the text encoder is never loaded (llm_dit.encoding.saved). Features of
+            another encoder are refused before any model loads.
     """
 
     def __init__(
@@ -102,12 +107,18 @@ class ZImageModule(L.LightningModule):
         placement: Placement | None = None,
         text_encoder_override: str | None = None,
         allow_pickle: bool = False,
+        embeddings: str | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         check_weights_source(weights, allow_pickle=allow_pickle)
         compile_parts(compile)
+        if embeddings is not None and adapter is not None:
+            raise ValueError("model.embeddings is for predict and serve; fit encodes its own captions and "
+                             "validation prompts: leave --model.embeddings out")
+        self.saved_embeddings = None if embeddings is None else SavedEmbeddings.open(
+            embeddings, weights, text_encoder_override, tiny_seed, allow_pickle)
         self.save_hyperparameters()
         self.components: ZImageComponents | None = None
         self.encoder: ZImageTextEncoder | None = None
@@ -122,32 +133,41 @@ class ZImageModule(L.LightningModule):
         """Load weights lazily, so config errors surface before any model loads."""
         if self.components is not None:
             return
-        components = load_components(
-            self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed,
-            placement=self.hparams.placement, text_encoder_override=self.hparams.text_encoder_override,
-            allow_pickle=self.hparams.allow_pickle,
-        )
+        if self.saved_embeddings is not None:  # generate from saved features: never load the encoder
+            components = load_components_without_text_encoder(
+                self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed,
+                placement=self.hparams.placement, allow_pickle=self.hparams.allow_pickle,
+                caption_dim=self.saved_embeddings.dim,
+            )
+        else:
+            components = load_components(
+                self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed,
+                placement=self.hparams.placement, text_encoder_override=self.hparams.text_encoder_override,
+                allow_pickle=self.hparams.allow_pickle,
+            )
         self.components = components
         # Registered as children so Lightning moves them to the device.
         self.text_encoder = components.text_encoder
         self.transformer = components.transformer
         self.vae = components.vae
-        self.encoder = ZImageTextEncoder(components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
+        self.encoder = self.saved_embeddings or ZImageTextEncoder(
+            components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
         parts = compile_parts(self.hparams.compile)
         if parts or self.hparams.attention_backend or self.hparams.fp8:
             from llm_dit.accel import accelerate, compile_text_encoder, compile_vae_decoder
 
             accelerate(self.transformer, compile="dit" in parts,
                        attention_backend=self.hparams.attention_backend, fp8=self.hparams.fp8)
-            if "encoder" in parts:
+            if "encoder" in parts and self.text_encoder is not None:
                 compile_text_encoder(self.text_encoder)
             if "vae" in parts:
                 compile_vae_decoder(self.vae)
         training.configure_training(self)  # fit only: swap in the adapter, cache the data, free the encoder
 
-    def validate_study(self, study: Study) -> None:
+    def validate_study(self, study: Study, items: list[StudyItem] | None = None) -> None:
         """Checks that need the model's shape (not its weights): hidden layers, surgery and
-        skip-layer-guidance indices against the encoder's and transformer's block counts."""
+        skip-layer-guidance indices against the encoder's and transformer's block counts; with saved
+        embeddings, that `items` (default: the whole study) are all saved."""
         from llm_dit.models.inspect import encoder_hidden_states, transformer_block_counts
 
         hidden_states = encoder_hidden_states(self.hparams.weights)
@@ -169,6 +189,9 @@ class ZImageModule(L.LightningModule):
                         guidance.check_block_counts(blocks)
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from None
+        if self.saved_embeddings is not None:
+            self.saved_embeddings.check_covers(
+                [key for item in (study.items() if items is None else items) for key in item_keys(item)])
 
     # ----- encoding -----------------------------------------------------------------
 
@@ -214,7 +237,7 @@ class ZImageModule(L.LightningModule):
         if items is not None:
             self.plan_shared_steps(items)
             self.embedding_cache.plan(self._items_of_this_process(items))
-        if not self.hparams.free_encoder_after_encoding:
+        if not self.hparams.free_encoder_after_encoding or self.saved_embeddings is not None:
             return
         if items is None:
             raise ValueError("free_encoder_after_encoding needs the study's items: run predict with a StudyDataModule")
