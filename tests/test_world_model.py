@@ -20,7 +20,7 @@ def transformer() -> ZImageTransformer2DModel:
 
 
 @pytest.mark.parametrize("lengths", [[5, 40, 32], [5, 7, 12], [32, 32, 32]], ids=["mixed-buckets", "one-bucket", "exact"])
-@pytest.mark.parametrize("size", [8, 6], ids=["16-tokens", "9-tokens"])
+@pytest.mark.parametrize("size", [16, 8, 6], ids=["64-tokens", "16-tokens", "9-tokens"])
 def test_batched_forward_matches_diffusers(transformer, lengths, size):
     """Same velocity as diffusers' list-based forward: caption padding, RoPE ids and masks included."""
     generator = torch.Generator().manual_seed(1)
