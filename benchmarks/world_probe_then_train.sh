@@ -14,7 +14,8 @@ from world_dit_probe import VARIANTS
 results = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
 best = min(results, key=lambda name: results[name]["last100_loss"])
 v = VARIANTS[best]
-print(f"--static_caption_width {str(v['static']).lower()} --compile {str(v['compiled']).lower()} --recipe.dit.learning_rate {v['lr']}")
+print(f"--static_caption_width {str(v['static']).lower()} --compile {str(v['compiled']).lower()} "
+      f"--recipe.dit.learning_rate {v['lr']} --recipe.dit.beta2 {v.get('beta2', 0.99)} --recipe.dit.gradient_clip {v.get('clip', 1.0)}")
 PY
 )
 echo "chosen: $flags" | tee -a "$OUT/probe.txt"

@@ -73,6 +73,7 @@ class StageSettings:
         warmup_steps: linear warm-up steps.
         weight_decay: AdamW weight decay.
         beta2: AdamW's second-moment decay (0.95 steadies transformer training).
+        gradient_clip: largest gradient norm of a step.
     """
 
     max_steps: int
@@ -81,6 +82,7 @@ class StageSettings:
     warmup_steps: int = 200
     weight_decay: float = 0.0
     beta2: float = 0.99
+    gradient_clip: float = 1.0
 
 
 @dataclass

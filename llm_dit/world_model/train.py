@@ -68,14 +68,14 @@ class _PrintProgress(L.Callback):
             print(f"step {trainer.global_step} {time.perf_counter() - self.start:.0f}s {metrics}", flush=True)
 
 
-def _trainer(stage_dir: Path, recipe_steps: int, max_minutes: float) -> L.Trainer:
+def _trainer(stage_dir: Path, recipe_steps: int, max_minutes: float, gradient_clip: float = 1.0) -> L.Trainer:
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
                                                       every_n_train_steps=500, save_top_k=0)
     loggers = [L.pytorch.loggers.TensorBoardLogger(stage_dir, name="tb"), L.pytorch.loggers.CSVLogger(stage_dir, name="csv")]
     return L.Trainer(
         max_steps=recipe_steps, max_time=timedelta(minutes=max_minutes), precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
         logger=loggers, callbacks=[checkpoints, _PrintProgress()], enable_progress_bar=False,
-        log_every_n_steps=50, enable_model_summary=False, gradient_clip_val=1.0, default_root_dir=stage_dir,
+        log_every_n_steps=50, enable_model_summary=False, gradient_clip_val=gradient_clip, default_root_dir=stage_dir,
     )
 
 
@@ -88,7 +88,7 @@ def _fit(module: L.LightningModule, data: _DeviceData, batches: TensorBatches, s
     L.seed_everything(int(np.random.default_rng(batches.seed).integers(2**31)) if start_step else batches.seed)
     original_step = module.training_step
     module.training_step = lambda indices, batch_idx: original_step(module.fetch(indices), batch_idx)
-    trainer = _trainer(stage_dir, steps, max_minutes)
+    trainer = _trainer(stage_dir, steps, max_minutes, module.settings.gradient_clip)
     trainer.callbacks.append(data)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
