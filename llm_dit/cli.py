@@ -25,7 +25,7 @@ from llm_dit.models.loading import transformer_config
 from llm_dit import quiet
 from llm_dit.module import ZImageModule
 from llm_dit.training.adapter_files import usage
-from surgery.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
+from llm_dit.training.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
 
 PROG = "python -m llm_dit.cli"
 SUBCOMMANDS = {

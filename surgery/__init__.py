@@ -14,11 +14,10 @@ once per prompt, skip-layer guidance, and `hook_points` to list what can be
 targeted. New variants register with `@register_variant("name")`.
 """
 
-from surgery.cache import CachedBlockList, cache_context_refiner
 from surgery.context import SurgeryHandle, apply
 from surgery.discover import HookPoint, format_hook_points, hook_points
 from surgery.guidance import SkipLayerGuidance, skip_layers_context
-from surgery.hooks import HookRegistry, count_live_hooks, live_hooks
+from surgery.hooks import HookRegistry, count_live_hooks, live_hooks, remove_all
 from surgery.probes import (
     BlockIO,
     BlockIORecorder,
@@ -32,7 +31,6 @@ from surgery.probes import (
 from surgery.spec import VARIANTS, SurgerySpec, parse_specs, register_variant, validate_specs, variant_names
 from surgery.targets import TARGETS, block_counts
 from surgery.variants import BlockBypass, BlockDuplicate, BlockIdentityInit, BlockSkip, BlockSkipLayers, BlockTruncate
-from surgery.style_adapter import StyleAdapter  # noqa: F401 - registers the style_adapter variant
 
 __all__ = [
     "TARGETS",
@@ -45,7 +43,6 @@ __all__ = [
     "BlockSkip",
     "BlockSkipLayers",
     "BlockTruncate",
-    "CachedBlockList",
     "EmbeddingDrift",
     "HookPoint",
     "HookRegistry",
@@ -54,7 +51,6 @@ __all__ = [
     "SurgerySpec",
     "apply",
     "block_counts",
-    "cache_context_refiner",
     "count_live_hooks",
     "embedding_drift",
     "format_hook_points",
@@ -63,6 +59,7 @@ __all__ = [
     "parse_specs",
     "record_block_io",
     "register_variant",
+    "remove_all",
     "skip_layers_context",
     "sub_batch",
     "sub_batch_rows",
