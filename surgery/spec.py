@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from surgery.targets import TARGETS, check_target
+from surgery.targets import DEFAULT_TARGET, TARGETS, check_target
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,10 +50,11 @@ def variant_names() -> list[str]:
 
 @dataclass(kw_only=True)
 class SurgerySpec:
-    """One change to one block list of the transformer.
+    """One change to one block list of a model.
 
     Attributes:
-        target: which block list: context_refiner (default), noise_refiner, layers, siglip_refiner.
+        target: dotted path to the block list (a ModuleList): context_refiner (default),
+            noise_refiner, layers, or any other, e.g. Flux's transformer_blocks.
     """
 
     variant: ClassVar[str] = ""
@@ -61,7 +62,7 @@ class SurgerySpec:
     # silently depend on their order, so `validate_specs` allows one per target.
     structural: ClassVar[bool] = True
 
-    target: str = "context_refiner"
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         check_target(self.target)

@@ -163,7 +163,8 @@ def test_specs_round_trip_through_dicts_and_yaml() -> None:
     [
         ([{"variant": "skpi"}], None, "unknown surgery variant 'skpi'; valid variants: duplicate, identity_init, skip, skip_layers"),
         ([{"target": "layers"}], None, "has no 'variant'"),
-        ([{"variant": "skip", "target": "refiner"}], None, "valid targets: context_refiner, noise_refiner, layers, siglip_refiner"),
+        ([{"variant": "skip", "target": "layers..1"}], None, "must be a dotted path to a block list"),
+        ([{"variant": "skip", "target": "refiner"}], {"context_refiner": 2, "layers": 2}, "has no block list 'refiner' (it has: context_refiner, layers)"),
         ([{"variant": "skip", "layers": [0]}], None, "'skip' has no option(s) layers; its options: target"),
         ([{"variant": "truncate"}], None, "needs option(s) use_layers"),
         ([{"variant": "truncate", "use_layers": "1"}], None, "use_layers must be an integer, got '1'"),
@@ -663,7 +664,7 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
         ({"layers": [1, -1]}, "non-negative"),
         ({"layers": [1], "start": 0.5, "stop": 0.2}, "0 <= start < stop <= 1"),
         ({"layers": [1], "scale": -1.0}, "scale must be >= 0"),
-        ({"layers": [1], "target": "blocks"}, "valid targets"),
+        ({"layers": [1], "target": "blocks..0"}, "dotted path to a block list"),
     ]:
         with pytest.raises(ValueError, match=message):
             surgery.SkipLayerGuidance(**kwargs)
@@ -671,6 +672,8 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
         surgery.SkipLayerGuidance.from_dict({"layers": [1], "sacle": 2})
     with pytest.raises(ValueError, match="valid 0..1"):
         slg.validate(transformer)
+    with pytest.raises(ValueError, match="no block list 'blocks'"):
+        surgery.SkipLayerGuidance(layers=[1], target="blocks").validate(transformer)
     one = torch.ones(3)
     assert torch.equal(slg.guide(one, 2 * one, one), one + 2.8)
     with surgery.skip_layers_context(transformer, layers=[1]):
@@ -692,8 +695,11 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
 def test_hook_points_list_every_block_list(base_transformer) -> None:
     rows = surgery.hook_points(base_transformer)
     names = [r.name for r in rows]
-    assert names == ["context_refiner", "context_refiner.0", "context_refiner.1", "noise_refiner", "noise_refiner.0",
-                     "noise_refiner.1", "layers", "layers.0", "layers.1"]  # fmt: skip
+    lists = [r.name for r in rows if r.kind in ("list", "block")]
+    assert lists == ["noise_refiner", "noise_refiner.0", "noise_refiner.1", "context_refiner", "context_refiner.0",
+                     "context_refiner.1", "layers", "layers.0", "layers.1"]  # registration order; fmt: skip
+    assert [r.name for r in rows if r.kind == "module"] == [
+        "all_x_embedder.2-1", "all_final_layer.2-1", "t_embedder", "cap_embedder"]  # fmt: skip
     block = {r.name: r for r in rows}
     assert block["context_refiner.0"].modulated is False and block["layers.1"].modulated is True
     assert block["context_refiner"].parameters == sum(p.numel() for p in base_transformer.context_refiner.parameters())
