@@ -189,3 +189,52 @@ def test_registry_rebinds_an_earlier_instance_forward_on_undo() -> None:
             assert module(torch.zeros(2)).tolist() == [2.0, 2.0]
         assert isinstance(module.forward, types.MethodType) and module(torch.zeros(2)).tolist() == [1.0, 1.0]
     assert "forward" not in module.__dict__
+
+
+def _entered(context):
+    """Enter a context and keep it (a dropped generator context would close, and undo, at once)."""
+    context.__enter__()
+    return context
+
+
+def _apply_refiner_cache(model: nn.Module):
+    return _entered(cache_context_refiner(model))
+
+
+def _apply_probes(model: nn.Module):
+    return _entered(surgery.record_block_io(model))
+
+
+def _apply_sub_block_probes(model: nn.Module):
+    return _entered(surgery.record_activations(model, ["layers.*.attention", "cap_embedder"]))
+
+
+# Each change alone, left in place (contexts entered and never exited), then one remove_all.
+EACH_CHANGE = {
+    "length_grouping": lambda m: install_length_grouping(m),
+    "compile": lambda m: compile_blocks(m, backend="eager"),
+    "fused_projections": lambda m: install_fused_projections(m),
+    "fp8": lambda m: convert_to_fp8(m, keep_originals=True),
+    "real_rope_processor": lambda m: install_real_rope(m),
+    "attention_backend": lambda m: set_attention_backend(m, "native", grouped=False),
+    "refiner_cache": _apply_refiner_cache,
+    "block_probes": _apply_probes,
+    "sub_block_probes": _apply_sub_block_probes,
+    "surgery_skip": lambda m: surgery.apply(m, [{"variant": "skip"}]),
+    "surgery_identity_init": lambda m: surgery.apply(m, [{"variant": "identity_init", "target": "layers"}]),
+    "surgery_duplicate": lambda m: surgery.apply(m, [{"variant": "duplicate", "shared": False}]),
+}
+
+
+@pytest.mark.parametrize("change", list(EACH_CHANGE))
+def test_each_change_alone_is_listed_and_restored_exactly(transformer, change: str) -> None:
+    case = dit_inputs([10, 45])
+    expected, before = run(transformer, case), snapshot(transformer)
+    kept = EACH_CHANGE[change](transformer)  # noqa: F841 - holds an entered context open
+    run(transformer, case)
+    live = surgery.live_hooks(transformer)
+    assert live, f"{change} left no entry in live_hooks()"
+    assert surgery.remove_all(transformer) >= len(live)
+    assert_restored(transformer, before)
+    assert surgery.live_hooks() == []
+    assert torch.equal(run(transformer, case), expected)

@@ -65,6 +65,7 @@ from llm_dit.accel.fused import (
     remove_fused_projections,
     sync_fused,
 )
+from llm_dit.accel.refiner_cache import CachedBlockList, cache_context_refiner
 from llm_dit.accel.grouping import (
     has_length_grouping,
     install_length_grouping,
@@ -159,11 +160,13 @@ __all__ = [
     "MASKED_BACKENDS",
     "UNMASKED_BACKENDS",
     "Acceleration",
+    "CachedBlockList",
     "Float8Linear",
     "ZImageRealRopeProcessor",
     "accelerate",
     "apply_rotary_real",
     "attention_blhd",
+    "cache_context_refiner",
     "COMPILE_PARTS",
     "compile_blocks",
     "compile_parts",
