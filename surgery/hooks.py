@@ -201,7 +201,13 @@ class HookRegistry:
             if not slot and _SLOTS.get(slot_key) is slot:
                 _SLOTS.pop(slot_key, None)
 
-        self._track("swap", name, parent, undo)
+        def forget() -> None:  # the parent is gone: release the originals this slot kept
+            if swap in slot:
+                slot.remove(swap)
+            if not slot and _SLOTS.get(slot_key) is slot:
+                _SLOTS.pop(slot_key, None)
+
+        self._track("swap", name, parent, undo, forget)
         return swap.original
 
     def bind_forward(self, module: nn.Module, function: Callable, *, name: str) -> None:
@@ -292,7 +298,9 @@ class HookRegistry:
     def _forget(self, key: int) -> None:
         self._undo = [entry for entry in self._undo if entry[0] != key]
 
-    def _track(self, kind: str, name: str, module: nn.Module, undo: Callable[[], None]) -> None:
+    def _track(
+        self, kind: str, name: str, module: nn.Module, undo: Callable[[], None], on_forget: Callable[[], None] | None = None
+    ) -> None:
         key = next(_ids)
         full_name = f"{self.name}/{name}"
         registry_ref = weakref.ref(self)
@@ -302,6 +310,8 @@ class HookRegistry:
             registry = registry_ref()
             if registry is not None:
                 registry._forget(key)
+            if on_forget is not None:
+                on_forget()
 
         _LIVE[key] = LiveChange(kind, full_name, weakref.ref(module, forget), self)
         self._undo.append((key, full_name, undo))

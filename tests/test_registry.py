@@ -238,3 +238,10 @@ def test_each_change_alone_is_listed_and_restored_exactly(transformer, change: s
     assert_restored(transformer, before)
     assert surgery.live_hooks() == []
     assert torch.equal(run(transformer, case), expected)
+
+
+def test_a_failing_accelerate_leaves_nothing_behind(transformer) -> None:
+    before = snapshot(transformer)
+    with pytest.raises(ValueError, match="unknown attention backend 'fastest'"):
+        accelerate(transformer, fuse_projections=True, attention_backend="fastest")  # fails after grouping, rope, fusion
+    assert_restored(transformer, before)

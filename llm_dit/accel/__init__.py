@@ -139,9 +139,11 @@ def accelerate(
         raise ValueError(f"fuse_projections must be True, False, 'qkv' or 'ffn'; got {fuse_projections!r}")
     fuse_qkv, fuse_ffn = fuse in (True, "qkv"), fuse in (True, "ffn")
     registry = HookRegistry("accel")
+    keep = 0  # changes a failure leaves in place: fp8 without its bf16 weights cannot be undone
     try:
         if fp8:
             convert_to_fp8(transformer, fast_accum=fp8_fast_accum, keep_originals=fp8_keep_originals, registry=registry)
+            keep = 0 if fp8_keep_originals else len(registry)
         if group_lengths:
             install_length_grouping(transformer, registry)
         if real_rope or fuse_qkv or qk_kernel:
@@ -150,8 +152,7 @@ def accelerate(
         backend = set_attention_backend(transformer, attention_backend, grouped=group_lengths, registry=registry)
         count = compile_blocks(transformer, mode=compile_mode, backend=compile_backend, registry=registry) if compile else 0
     except BaseException:
-        if not fp8 or fp8_keep_originals:
-            registry.remove()  # half-applied options leave nothing behind
+        registry.remove_after(keep)  # half-applied options leave nothing behind
         raise
     return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode, fused, qk_kernel, registry)
 
