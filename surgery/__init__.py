@@ -37,7 +37,7 @@ from surgery.probes import (
     token_cosine,
 )
 from surgery.spec import VARIANTS, SurgerySpec, parse_specs, register_variant, validate_specs, variant_names
-from surgery.targets import DEFAULT_TARGET, TARGETS, block_counts
+from surgery.targets import DEFAULT_TARGET, block_counts
 from surgery.variants import BlockBypass, BlockDuplicate, BlockIdentityInit, BlockSkip, BlockSkipLayers, BlockTruncate
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "BLOCKS",
     "BlockKind",
     "DEFAULT_TARGET",
-    "TARGETS",
     "VARIANTS",
     "BlockBypass",
     "BlockDuplicate",

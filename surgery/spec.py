@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from surgery.targets import DEFAULT_TARGET, TARGETS, check_target
+from surgery.targets import DEFAULT_TARGET, check_target
 
 if TYPE_CHECKING:
     from torch import nn
@@ -145,7 +145,7 @@ def validate_specs(
         for spec in parsed:
             if spec.target not in n_blocks_by_target:
                 have = ", ".join(n_blocks_by_target) or "none"
-                raise ValueError(f"{spec.label()}: this model has no block list {spec.target!r} (it has: {have})")
+                raise ValueError(f"{spec.label()}: this model has no block list {spec.target!r} (valid targets: {have})")
             spec.validate(int(n_blocks_by_target[spec.target]))
     by_target: dict[str, SurgerySpec] = {}
     for spec in parsed:
@@ -203,4 +203,4 @@ def _load_builtin_variants() -> None:
     import surgery.variants  # noqa: F401
 
 
-__all__ = ["TARGETS", "VARIANTS", "SurgerySpec", "parse_specs", "register_variant", "validate_specs", "variant_names"]
+__all__ = ["VARIANTS", "SurgerySpec", "parse_specs", "register_variant", "validate_specs", "variant_names"]

@@ -13,10 +13,7 @@ import re
 
 from torch import nn
 
-DEFAULT_TARGET = "context_refiner"
-# Z-Image's block lists, for documentation and config-time hints (any ModuleList path is accepted).
-ZIMAGE_TARGETS: tuple[str, ...] = ("context_refiner", "noise_refiner", "layers", "siglip_refiner")
-TARGETS = ZIMAGE_TARGETS  # the former name
+DEFAULT_TARGET = "context_refiner"  # Z-Image's caption refiner, what most studies change
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_-]+)*$")
 
 

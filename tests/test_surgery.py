@@ -164,7 +164,7 @@ def test_specs_round_trip_through_dicts_and_yaml() -> None:
         ([{"variant": "skpi"}], None, "unknown surgery variant 'skpi'; valid variants: duplicate, identity_init, skip, skip_layers"),
         ([{"target": "layers"}], None, "has no 'variant'"),
         ([{"variant": "skip", "target": "layers..1"}], None, "must be a dotted path to a block list"),
-        ([{"variant": "skip", "target": "refiner"}], {"context_refiner": 2, "layers": 2}, "has no block list 'refiner' (it has: context_refiner, layers)"),
+        ([{"variant": "skip", "target": "refiner"}], {"context_refiner": 2, "layers": 2}, "has no block list 'refiner' (valid targets: context_refiner, layers)"),
         ([{"variant": "skip", "layers": [0]}], None, "'skip' has no option(s) layers; its options: target"),
         ([{"variant": "truncate"}], None, "needs option(s) use_layers"),
         ([{"variant": "truncate", "use_layers": "1"}], None, "use_layers must be an integer, got '1'"),
