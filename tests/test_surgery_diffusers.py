@@ -211,3 +211,23 @@ def test_hook_points_filter_reaches_below_blocks(case) -> None:
     with pytest.raises(ValueError, match="matches 'nothing.here'"):
         with surgery.record_activations(model, "nothing.here"):
             pass
+
+
+def test_a_nested_list_is_a_target_too() -> None:
+    """Any dotted path to a ModuleList: bypass the attention's output projection of one Flux block
+    (an unlisted class, so the bypass returns its first input), against nnsight's skip."""
+    from nnsight import NNsight
+
+    model, inputs = tiny_flux(), flux_inputs()
+    expected, before = run(model, inputs), snapshot(model)
+    target = "transformer_blocks.1.attn.to_out"
+    assert surgery.block_counts(model, (target,))[target] == 2
+    with surgery.apply(model, [{"variant": "skip_layers", "target": target, "layers": [0]}]):
+        ours = run(model, inputs)
+    traced = NNsight(copy.deepcopy(model))
+    with torch.no_grad(), traced.trace(**inputs):
+        projection = traced.transformer_blocks[1].attn.to_out[0]
+        projection.skip(projection.input)
+        theirs = traced.output.save()
+    assert torch.equal(ours, theirs[0]) and not torch.allclose(ours, expected, atol=1e-4)
+    assert_restored(model, before, expected, inputs)
