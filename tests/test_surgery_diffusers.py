@@ -231,3 +231,24 @@ def test_a_nested_list_is_a_target_too() -> None:
         theirs = traced.output.save()
     assert torch.equal(ours, theirs[0]) and not torch.allclose(ours, expected, atol=1e-4)
     assert_restored(model, before, expected, inputs)
+
+
+def test_surgery_imports_nothing_of_llm_dit() -> None:
+    """The generic package stands alone: no import of llm_dit anywhere in it (module or function
+    level), and importing it loads none."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = Path(surgery.__file__).parent
+    found = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "llm_dit"]
+    assert found == []
+    code = "import sys, surgery; print(sorted(m for m in sys.modules if m.split('.')[0] == 'llm_dit'))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=package.parent, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
