@@ -580,7 +580,6 @@ def main() -> None:
     import diffusers
     import transformers
 
-    import surgery
     from llm_dit.accel import (
         accelerate,
         compile_text_encoder,
@@ -590,6 +589,7 @@ def main() -> None:
         fused_bytes,
         uncompile_blocks,
     )
+    from llm_dit.accel.refiner_cache import cache_context_refiner
     from llm_dit.models.placement import free_text_encoder
     from llm_dit.module import ZImageModule
 
@@ -749,7 +749,7 @@ def main() -> None:
             if "caption" in reference:
                 o["encoder_compiled_vs_eager_rel"] = round(relative_error(module.encoder.encode([PROMPT])[0].embeddings,
                                                                           reference["caption"]), 5)
-            with surgery.cache_context_refiner(transformer):
+            with cache_context_refiner(transformer):
                 o["dit_forward_compiled_ms"], o["dit_forward_gpu"] = timed_forward(dit_forward(transformer, caption))
                 o["dit_forward_compiled_b4_ms"] = round(cuda_ms(dit_forward(transformer, caption, 4), repeat=3), 1)
             o["dit_forward_compiled_tflops"] = round(flop_b1 / o["dit_forward_compiled_ms"] * 1e3, 1)
@@ -796,7 +796,7 @@ def main() -> None:
                 image = ours.run(ours.batch(1))
                 f["b1"] = timed_runs(lambda: ours.run(ours.batch(1)), 3)
                 f["fused_weight_copies_gib"] = round(fused_bytes(transformer) / GIB, 2)
-                with surgery.cache_context_refiner(transformer):
+                with cache_context_refiner(transformer):
                     f["dit_forward_ms"], f["dit_forward_gpu"] = timed_forward(dit_forward(transformer, caption))
                 f["dit_forward_bf16_equivalent_tflops"] = round(flop_b1 / f["dit_forward_ms"] * 1e3, 1)
                 if "ours_b1" in reference:
@@ -822,7 +822,7 @@ def main() -> None:
                     continue
                 set_variant(transformer, fuse, direct and direct_cudnn)
                 graphs_before = graphs()
-                with surgery.cache_context_refiner(transformer):
+                with cache_context_refiner(transformer):
                     first = wall(dit_forward(transformer, caption), 1)[0]
                     ms, gpu = timed_forward(dit_forward(transformer, caption))
                 a[name] = {"ms": ms, "tflops": round(flop_b1 / ms * 1e3, 1), "first_call_s": round(first, 1),
@@ -843,7 +843,7 @@ def main() -> None:
                            "fused_weight_copies_gib": round(fused_bytes(transformer) / GIB, 2)}
 
     if "acceleration" in o and bench.ready("ours_profile", needs=0 if cuda else math.inf):
-        with bench.section("ours_profile"), surgery.cache_context_refiner(transformer):
+        with bench.section("ours_profile"), cache_context_refiner(transformer):
             profiles["ours_compiled"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_ours.txt",
                                                         "llm-dit compiled (v3)", trace=bench.out / "trace_ours.json.gz")
 
@@ -851,7 +851,7 @@ def main() -> None:
         with bench.section("fp8_profile"):
             restore = convert_to_fp8(transformer, keep_originals=True)
             try:
-                with surgery.cache_context_refiner(transformer):
+                with cache_context_refiner(transformer):
                     profiles["fp8"] = profile_forward(dit_forward(transformer, caption), bench.out / "profile_fp8.txt",
                                                       "llm-dit compiled fp8 (v3)")
             finally:

@@ -25,7 +25,7 @@ from llm_dit.models.loading import transformer_config
 from llm_dit import quiet
 from llm_dit.module import ZImageModule
 from llm_dit.training.adapter_files import usage
-from surgery.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
+from llm_dit.training.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
 
 PROG = "python -m llm_dit.cli"
 SUBCOMMANDS = {
@@ -35,7 +35,7 @@ SUBCOMMANDS = {
     "test": "one test pass of a fit config",
     "report": "write report.md for a finished run: report lightning_logs/<study name>",
     "ab-page": "write ab_page.html, blind control-vs-condition pairs for raters: ab-page <run folder>",
-    "hook-points": "list every block list and block that surgery can target: hook-points [--weights tiny]",
+    "hook-points": "list block lists, blocks and probe points: hook-points [--weights tiny] [--filter 'layers.*.attention']",
     "encode": "save a study's prompt embeddings (text encoder only): encode --config <study>.yaml --out DIR",
     "serve": "the interactive lab (web page + REST API) on one loaded model: serve [--model.weights tiny]",
 }
@@ -220,11 +220,22 @@ def _hook_points(args: list[str]) -> None:
     import surgery
     from llm_dit.models.loading import load_components
 
-    parser = argparse.ArgumentParser(prog="python -m llm_dit.cli hook-points", description="List every block surgery can target.")
+    parser = argparse.ArgumentParser(
+        prog="python -m llm_dit.cli hook-points",
+        description="List the block lists and blocks surgery can target and the modules probes can record.",
+    )
     parser.add_argument("--weights", default="tiny", help="'tiny', a diffusers folder or a hub id")
+    parser.add_argument(
+        "--filter", action="append", default=None, metavar="GLOB",
+        help="list every module whose dotted name matches, at any depth, e.g. 'layers.*.attention', "
+             "'cap_embedder*', '*' for all (repeatable); without it: block lists, blocks and top-level modules",
+    )
     options = parser.parse_args(args)
     components = load_components(options.weights)
-    print(surgery.format_hook_points(surgery.hook_points(components.transformer)))
+    rows = surgery.hook_points(components.transformer, options.filter)
+    if not rows:
+        raise SystemExit(f"no module matches {' or '.join(options.filter)}; try --filter '*' to see every name")
+    print(surgery.format_hook_points(rows))
 
 
 def _encode(args: list[str]) -> None:

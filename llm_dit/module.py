@@ -20,6 +20,7 @@ from PIL import Image
 
 import surgery
 from llm_dit.accel.compile import compile_parts
+from llm_dit.accel.refiner_cache import cache_context_refiner, tensor_version
 from llm_dit.encoding.cache import EmbeddingCache, item_keys, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
@@ -35,7 +36,6 @@ from llm_dit.sampling.step_cache import StepCache
 from llm_dit.study import Study, StudyItem
 from llm_dit.training import hooks as training
 from llm_dit.training.config import AdapterConfig, FlowMatchObjective
-from surgery.cache import tensor_version
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -333,7 +333,7 @@ class ZImageModule(L.LightningModule):
             if self.hparams.record_refiner_drift:
                 recorder = stack.enter_context(surgery.record_block_io(self.transformer, target="context_refiner"))
             if self.hparams.cache_refiner:
-                stack.enter_context(surgery.cache_context_refiner(self.transformer))
+                stack.enter_context(cache_context_refiner(self.transformer))
             latents = denoise(
                 self.transformer, scheduler, latents, cap_feats, sampler.guidance_scale, negative, slg,
                 on_step=self._progress_callback(first, sampler.steps), step_cache=self.step_cache,

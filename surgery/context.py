@@ -1,4 +1,4 @@
-"""`surgery.apply`: put a list of specs on a transformer for the length of a `with` block."""
+"""`surgery.apply`: put a list of specs on a model for the length of a `with` block."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from surgery.hooks import HookRegistry
-from surgery.spec import SurgerySpec, validate_specs
+from surgery.spec import SurgerySpec, parse_specs, validate_specs
 from surgery.targets import block_counts, get_blocks
 
 
@@ -24,7 +24,8 @@ class SurgeryHandle:
         self.transformer = transformer
         # Validated against the model as it is now, so nested contexts check
         # indices against the list the outer context left.
-        self.specs = validate_specs(specs, block_counts(transformer))
+        parsed = parse_specs(specs)
+        self.specs = validate_specs(parsed, block_counts(transformer, tuple(spec.target for spec in parsed)))
         self.registry = HookRegistry(name)
         try:
             for spec in self.specs:

@@ -1,15 +1,29 @@
-"""The one mechanism under every surgery: hooks and module swaps that are undone exactly.
+"""The one mechanism under every change to a model: hooks, swaps and rebinds that are undone exactly.
 
-A `HookRegistry` records each change it makes to a model (a forward hook, a
-forward pre-hook, a child module swapped for another) together with the action
-that undoes it. `remove()` undoes them last-in-first-out, in a `finally` when the
-registry is used as a context manager, and touches only what this registry
-added: an outer context's hooks survive an inner context's exit, so contexts
-nest (TransformerLens' habit). pyvene-style "pop every hook on every module"
-cleanup would also remove hooks that belong to someone else.
+A `HookRegistry` records each change it makes to a model together with the
+action that undoes it:
 
-Every live change is also listed in a process-wide table, so tests (and users
-chasing a leak) can check that `count_live_hooks()` is back to zero.
+- a forward hook or forward pre-hook (probes, the refiner cache's caption note);
+- a child module swapped for another (surgery's block lists, fp8 linears, the
+  encoder's truncated layer stack, the refiner cache);
+- an instance `forward` bound over the class's (length grouping, compiled
+  blocks, fused feed-forwards);
+- an attribute set, a buffer added, or any other change with its own undo
+  (`add_change`: attention processors, fused-weight caches).
+
+`remove()` undoes them last-in-first-out, in a `finally` when the registry is
+used as a context manager, and touches only what this registry added: an outer
+context's hooks survive an inner context's exit, so contexts nest
+(TransformerLens' habit). pyvene-style "pop every hook on every module" cleanup
+would also remove hooks that belong to someone else.
+
+Every live change is also listed in one process-wide table: `live_hooks()` shows
+every change any registry has made and not undone (speed options included), and
+`remove_all(model)` undoes all of those on a model, newest first, whoever made
+them (diffusers' registry has no "remove all"). The table holds a registry, the
+registry's undo actions hold the changed modules only weakly, so a model that is
+dropped takes its entries with it (`live_hooks()` first collects garbage when the
+table is not empty, as modules with bound forwards sit in reference cycles).
 
 Gradient checkpointing (diffusers calls `checkpoint(block.__call__, ...)`,
 non-reentrant) re-runs a block's `__call__` during backward: forward hooks that
@@ -22,25 +36,38 @@ that changes outputs swaps modules; hooks are kept for read-only probes.
 
 from __future__ import annotations
 
+import fnmatch
+import gc
 import itertools
+import types
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 _ids = itertools.count()
+_MISSING = object()
 
 
 @dataclass(frozen=True)
 class LiveChange:
-    """One change a registry made and has not undone yet (for leak checks)."""
+    """One change a registry made and has not undone yet.
 
-    kind: str  # "forward_hook" | "forward_pre_hook" | "swap"
+    Attributes:
+        kind: forward_hook | forward_pre_hook | swap | forward | attribute | buffer | change.
+        name: "<registry name>/<change name>", as `live_hooks()` prints it (after the kind).
+        module: the changed module (the parent, for a swap), weakly.
+        registry: the registry that can undo it.
+    """
+
+    kind: str
     name: str
     module: weakref.ReferenceType
+    registry: HookRegistry
 
 
 _LIVE: dict[int, LiveChange] = {}
@@ -56,18 +83,57 @@ class _Swap:
 _SLOTS: dict[tuple[int, str], list[_Swap]] = {}
 
 
-def live_hooks() -> list[str]:
-    """Descriptions of every hook and swap added by any registry and not yet undone."""
-    return [f"{change.kind}:{change.name}" for change in _LIVE.values()]
+def _collect_dead() -> None:
+    if _LIVE:
+        gc.collect()  # modules with bound forwards are in cycles; their weakref callbacks run here
 
 
-def count_live_hooks() -> int:
-    """How many hooks and swaps our registries hold right now; 0 when every context exited."""
-    return len(_LIVE)
+def live_hooks(model: nn.Module | None = None) -> list[str]:
+    """"kind:registry/name" of every change any registry made and has not undone (on `model` if given), oldest first."""
+    _collect_dead()
+    return [f"{change.kind}:{change.name}" for _, change in _changes(model)]
+
+
+def count_live_hooks(model: nn.Module | None = None) -> int:
+    """How many changes our registries hold right now (on `model` if given); 0 when everything was undone."""
+    return len(live_hooks(model))
+
+
+def remove_all(model: nn.Module | None = None, match: str | None = None) -> int:
+    """Undo every live change (on `model`'s module tree if given; with `match`, those whose
+    "registry/name" matches the glob), newest first, whoever made it. Returns how many.
+
+    The one call that takes a model back to how it was loaded: surgery, probes, the
+    refiner cache, the speed options. Module trees change as swaps are undone, so the
+    tree is read again after each undo.
+    """
+    count, first_error = 0, None
+    while True:
+        found = [key for key, change in _changes(model) if match is None or fnmatch.fnmatchcase(change.name, match)]
+        if not found:
+            break
+        key = found[-1]
+        try:
+            _LIVE[key].registry._undo_key(key)
+        except BaseException as error:  # noqa: BLE001 - finish the cleanup, then report
+            first_error = first_error or error
+        _LIVE.pop(key, None)
+        count += 1
+    if first_error is not None:
+        raise first_error
+    return count
+
+
+def _changes(model: nn.Module | None) -> list[tuple[int, LiveChange]]:
+    items = sorted(_LIVE.items())
+    if model is None:
+        return items
+    tree = {id(m) for m in model.modules()}
+    return [(key, change) for key, change in items if id(change.module()) in tree]
 
 
 class HookRegistry:
-    """Adds hooks and module swaps to a model and undoes exactly those, LIFO.
+    """Adds hooks, swaps and rebinds to a model and undoes exactly those, LIFO.
 
     Usable as a context manager (undo on exit, exceptions included) or by hand
     (`remove()`, idempotent). `name` prefixes every entry, for `live_hooks()`.
@@ -112,14 +178,18 @@ class HookRegistry:
         if child not in parent._modules:
             raise KeyError(f"{type(parent).__name__} has no child module {child!r}")
         swap = _Swap(parent._modules[child], replacement)
-        slot = _SLOTS.setdefault((id(parent), child), [])
+        slot_key = (id(parent), child)
+        slot = _SLOTS.setdefault(slot_key, [])
         setattr(parent, child, replacement)
         slot.append(swap)
+        parent_ref = weakref.ref(parent)
 
         def undo() -> None:
             position = slot.index(swap)
+            target = parent_ref()
             if position == len(slot) - 1:
-                setattr(parent, child, swap.original)
+                if target is not None:
+                    setattr(target, child, swap.original)
             else:
                 slot[position + 1].original = swap.original
                 warnings.warn(
@@ -128,16 +198,86 @@ class HookRegistry:
                     stacklevel=4,
                 )
             slot.pop(position)
-            if not slot:
-                _SLOTS.pop((id(parent), child), None)
+            if not slot and _SLOTS.get(slot_key) is slot:
+                _SLOTS.pop(slot_key, None)
 
-        self._track("swap", name, parent, undo)
+        def forget() -> None:  # the parent is gone: release the originals this slot kept
+            if swap in slot:
+                slot.remove(swap)
+            if not slot and _SLOTS.get(slot_key) is slot:
+                _SLOTS.pop(slot_key, None)
+
+        self._track("swap", name, parent, undo, forget)
         return swap.original
+
+    def bind_forward(self, module: nn.Module, function: Callable, *, name: str) -> None:
+        """`module.forward = function` bound to `module` as an instance attribute (a bound method,
+        so `copy.deepcopy` re-binds it to the copy); undo puts back the instance forward that was
+        there before (usually none: the class's forward runs again)."""
+        previous = module.__dict__.get("forward", _MISSING)
+        if isinstance(previous, types.MethodType) and previous.__self__ is module:
+            previous = (previous.__func__,)  # re-bound on undo: no strong reference to the module
+        module.forward = types.MethodType(function, module)
+        module_ref = weakref.ref(module)
+
+        def undo() -> None:
+            target = module_ref()
+            if target is None:
+                return
+            if previous is _MISSING:
+                target.__dict__.pop("forward", None)
+            elif isinstance(previous, tuple):
+                target.forward = types.MethodType(previous[0], target)
+            else:
+                target.forward = previous
+
+        self._track("forward", name, module, undo)
+
+    def set_attribute(self, module: nn.Module, attribute: str, value: Any, *, name: str) -> None:
+        """`setattr(module, attribute, value)` for a plain attribute; undo sets the old value back (or deletes it)."""
+        previous = module.__dict__.get(attribute, _MISSING)
+        setattr(module, attribute, value)
+        module_ref = weakref.ref(module)
+
+        def undo() -> None:
+            target = module_ref()
+            if target is None:
+                return
+            if previous is _MISSING:
+                target.__dict__.pop(attribute, None)
+            else:
+                setattr(target, attribute, previous)
+
+        self._track("attribute", name, module, undo)
+
+    def add_buffer(self, module: nn.Module, buffer: str, tensor: torch.Tensor | None, *, name: str, persistent: bool = False) -> None:
+        """`module.register_buffer(buffer, tensor, persistent)` for a new buffer; undo deletes it."""
+        if buffer in module._buffers:
+            raise KeyError(f"{type(module).__name__} already has a buffer {buffer!r}")
+        module.register_buffer(buffer, tensor, persistent=persistent)
+        module_ref = weakref.ref(module)
+
+        def undo() -> None:
+            target = module_ref()
+            if target is not None:
+                target._buffers.pop(buffer, None)
+                target._non_persistent_buffers_set.discard(buffer)
+
+        self._track("buffer", name, module, undo)
+
+    def add_change(self, module: nn.Module, undo: Callable[[], None], *, name: str) -> None:
+        """A change made by the caller, with the action that undoes it (hold `module` weakly in it)."""
+        self._track("change", name, module, undo)
 
     def remove(self) -> None:
         """Undo every change of this registry, newest first; keeps going past a failing undo."""
+        self.remove_after(0)
+
+    def remove_after(self, count: int) -> None:
+        """Undo the changes made after the registry held `count` of them (`len(registry)`
+        taken before a step), newest first: one step of a long-lived registry."""
         first_error: BaseException | None = None
-        while self._undo:
+        while len(self._undo) > count:
             key, _, undo = self._undo.pop()
             try:
                 undo()
@@ -148,8 +288,30 @@ class HookRegistry:
         if first_error is not None:
             raise first_error
 
-    def _track(self, kind: str, name: str, module: nn.Module, undo: Callable[[], None]) -> None:
+    def _undo_key(self, key: int) -> None:
+        for position, (entry_key, _, undo) in enumerate(self._undo):
+            if entry_key == key:
+                del self._undo[position]
+                undo()
+                return
+
+    def _forget(self, key: int) -> None:
+        self._undo = [entry for entry in self._undo if entry[0] != key]
+
+    def _track(
+        self, kind: str, name: str, module: nn.Module, undo: Callable[[], None], on_forget: Callable[[], None] | None = None
+    ) -> None:
         key = next(_ids)
         full_name = f"{self.name}/{name}"
-        _LIVE[key] = LiveChange(kind, full_name, weakref.ref(module))
+        registry_ref = weakref.ref(self)
+
+        def forget(_: weakref.ReferenceType) -> None:  # the module is gone: nothing left to undo
+            _LIVE.pop(key, None)
+            registry = registry_ref()
+            if registry is not None:
+                registry._forget(key)
+            if on_forget is not None:
+                on_forget()
+
+        _LIVE[key] = LiveChange(kind, full_name, weakref.ref(module, forget), self)
         self._undo.append((key, full_name, undo))

@@ -1,5 +1,9 @@
 """Probes: record what each block of a list gets and gives, without changing it.
 
+The hidden states (and mask) are read by argument name from the block-class table in
+`surgery.blocks`, so the same probe records Z-Image, Flux and SD3 blocks (for
+two-stream blocks: the image stream, `hidden_states`).
+
 `record_block_io` puts read-only forward hooks on the blocks (through the same
 registry as the surgery, so they leave on exit); `embedding_drift` turns a
 recording into per-item, per-block cosine similarity between each caption
@@ -17,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from surgery.blocks import hidden_input, hidden_output
+from surgery.discover import NamesFilter, matching_modules
 from surgery.hooks import HookRegistry
 from surgery.targets import blocks_of, get_blocks
 
@@ -113,12 +119,12 @@ class BlockIORecorder:
         # training step records each block once, like an inference step.
         if _in_backward():
             return
-        x = args[0] if args else kwargs["x"]
-        mask = args[1] if len(args) > 1 else kwargs.get("attn_mask")
+        x, mask = hidden_input(module, args, kwargs)  # which argument is which: surgery.blocks
         index = len(self.records) % self.n_blocks
         call = max(len(self.call_sizes) - 1, 0)
         rows = sub_batch_rows(self.root) if self.root is not None else None
-        self.records.append(BlockIO(index, self._keep(x), self._keep(output), self._keep(mask), call, rows))
+        out = hidden_output(module, output)
+        self.records.append(BlockIO(index, self._keep(x), self._keep(out), self._keep(mask), call, rows))
 
     def _keep(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
         if tensor is None:
@@ -150,6 +156,58 @@ def record_block_io(
             seen.add(id(block))
             registry.add_forward_hook(block, recorder.hook, name=f"{target}.{position}", with_kwargs=True)
         yield recorder
+
+
+@dataclass
+class Activations:
+    """What the modules matched by a names filter got and gave, one entry per call, in call order.
+
+    Attributes:
+        inputs: name -> the first tensor argument of each call (positional, else keyword).
+        outputs: name -> each call's output (tensors detached; tuples kept as tuples).
+    """
+
+    inputs: dict[str, list[torch.Tensor | None]]
+    outputs: dict[str, list[object]]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.outputs)
+
+
+@contextmanager
+def record_activations(
+    model: nn.Module, names: NamesFilter, device: torch.device | str | None = None
+) -> Iterator[Activations]:
+    """Record the input and output of every module whose dotted name matches `names` (a glob
+    like "layers.*.attention", a list of them, or a predicate; see `surgery.hook_points`)
+    while the context is open: attention, feed-forward, norms, the caption embedder, the
+    final layer, whole blocks. Read-only forward hooks through one `HookRegistry`."""
+    found = matching_modules(model, names)
+    activations = Activations({name: [] for name, _ in found}, {name: [] for name, _ in found})
+
+    def keep(value: object) -> object:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            return value.to(device) if device is not None else value
+        if isinstance(value, (tuple, list)):
+            return type(value)(keep(v) for v in value)
+        return value
+
+    def recorder(name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            if _in_backward():
+                return
+            first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            activations.inputs[name].append(keep(first))
+            activations.outputs[name].append(keep(output))
+
+        return hook
+
+    with HookRegistry("record_activations") as registry:
+        for name, module in found:
+            registry.add_forward_hook(module, recorder(name), name=name, with_kwargs=True)
+        yield activations
 
 
 def token_cosine(

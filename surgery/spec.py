@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from surgery.targets import TARGETS, check_target
+from surgery.targets import DEFAULT_TARGET, check_target
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,10 +50,11 @@ def variant_names() -> list[str]:
 
 @dataclass(kw_only=True)
 class SurgerySpec:
-    """One change to one block list of the transformer.
+    """One change to one block list of a model.
 
     Attributes:
-        target: which block list: context_refiner (default), noise_refiner, layers, siglip_refiner.
+        target: dotted path to the block list (a ModuleList): context_refiner (default),
+            noise_refiner, layers, or any other, e.g. Flux's transformer_blocks.
     """
 
     variant: ClassVar[str] = ""
@@ -61,7 +62,7 @@ class SurgerySpec:
     # silently depend on their order, so `validate_specs` allows one per target.
     structural: ClassVar[bool] = True
 
-    target: str = "context_refiner"
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -144,7 +145,7 @@ def validate_specs(
         for spec in parsed:
             if spec.target not in n_blocks_by_target:
                 have = ", ".join(n_blocks_by_target) or "none"
-                raise ValueError(f"{spec.label()}: this model has no block list {spec.target!r} (it has: {have})")
+                raise ValueError(f"{spec.label()}: this model has no block list {spec.target!r} (valid targets: {have})")
             spec.validate(int(n_blocks_by_target[spec.target]))
     by_target: dict[str, SurgerySpec] = {}
     for spec in parsed:
@@ -202,4 +203,4 @@ def _load_builtin_variants() -> None:
     import surgery.variants  # noqa: F401
 
 
-__all__ = ["TARGETS", "VARIANTS", "SurgerySpec", "parse_specs", "register_variant", "validate_specs", "variant_names"]
+__all__ = ["VARIANTS", "SurgerySpec", "parse_specs", "register_variant", "validate_specs", "variant_names"]

@@ -7,7 +7,10 @@ object back. Swaps, not hooks, because they hold under gradient checkpointing
 tree during the context, so DDP and optimizers never see unused parameters.
 
 Skipped positions keep their index (a `BlockBypass` stands in), so
-`context_refiner.1` names the same position whatever is skipped.
+`context_refiner.1` names the same position whatever is skipped. What a bypass
+returns and which projections identity_init zeroes come from the block-class
+table in `surgery.blocks` (Z-Image, Flux, SD3 blocks), so the same variants work
+on any listed model and any dotted target.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from surgery.blocks import block_class, block_kind, bypass_output, none_flags, zero_for_identity
 from surgery.hooks import HookRegistry
 from surgery.spec import SurgerySpec, check_bool, check_index_range, check_indices, check_int, register_variant
-from surgery.targets import blocks_of, get_blocks
+from surgery.targets import blocks_of, get_blocks, parent_of
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -36,14 +39,19 @@ _HOOK_DICTS = (
 
 
 class BlockBypass(nn.Module):
-    """Stands in for a skipped block: returns its first input (the hidden states) unchanged."""
+    """Stands in for a skipped block: returns the inputs the block would carry on unchanged,
+    per its class's entry in `surgery.blocks` (Z-Image: the hidden states; Flux/SD3: the pair
+    (encoder_hidden_states, hidden_states))."""
 
     def __init__(self, skipped: nn.Module) -> None:
         super().__init__()
-        self.skipped_class = type(skipped).__name__
+        self.stands_in_for = block_class(skipped)
+        self.skipped_class = self.stands_in_for.__name__
+        self._kind = block_kind(skipped)
+        self._none = none_flags(skipped, self._kind)
 
-    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-        return x
+    def forward(self, *args: object, **kwargs: object) -> object:
+        return bypass_output(self.stands_in_for, self._kind, self._none, args, kwargs)
 
     def extra_repr(self) -> str:
         return f"skipped={self.skipped_class}"
@@ -68,20 +76,10 @@ def copy_block(block: nn.Module, share_weights: bool = False) -> nn.Module:
 
 
 def zero_output_projections(block: nn.Module) -> None:
-    """Zero `attention.to_out[0]` and `feed_forward.w2`: with Z-Image's sandwich norms
-    (x + norm2(attn(...)), x + norm2(ffn(...))) the block becomes exactly the identity,
-    because RMSNorm of a zero vector is zero."""
-    try:
-        projections = [block.attention.to_out[0], block.feed_forward.w2]
-    except (AttributeError, IndexError, TypeError) as error:
-        raise ValueError(
-            f"identity_init needs Z-Image blocks with attention.to_out[0] and feed_forward.w2; got {type(block).__name__}"
-        ) from error
-    with torch.no_grad():
-        for linear in projections:
-            linear.weight.zero_()
-            if getattr(linear, "bias", None) is not None:
-                linear.bias.zero_()
+    """Zero the output projections that make `block` exactly the identity (`surgery.blocks`):
+    for Z-Image `attention.to_out[0]` and `feed_forward.w2`, whose sandwich norms
+    (x + norm2(attn(...)), x + norm2(ffn(...))) give x, because RMSNorm of a zero vector is zero."""
+    zero_for_identity(block)
 
 
 def swap_blocks(transformer: nn.Module, target: str, blocks: list[nn.Module], registry: HookRegistry, name: str) -> None:
@@ -91,7 +89,8 @@ def swap_blocks(transformer: nn.Module, target: str, blocks: list[nn.Module], re
         raise RuntimeError(
             f"{name}: {target} is wrapped by cache_context_refiner; apply structural surgery first, then the cache"
         )
-    registry.swap_child(transformer, target, nn.ModuleList(blocks), name=name)
+    parent, child = parent_of(transformer, target)
+    registry.swap_child(parent, child, nn.ModuleList(blocks), name=name)
 
 
 def bypass(transformer: nn.Module, target: str, indices: set[int], registry: HookRegistry, name: str) -> None:
@@ -171,7 +170,13 @@ class BlockDuplicate(SurgerySpec):
 
     def apply(self, transformer: nn.Module, registry: HookRegistry) -> None:
         blocks = []
-        for block in blocks_of(get_blocks(transformer, self.target)):
+        for index, block in enumerate(blocks_of(get_blocks(transformer, self.target))):
+            ended = [name for name, none in none_flags(block, block_kind(block)).items() if none]
+            if ended:
+                raise ValueError(
+                    f"{self.label()}: {self.target}.{index} ({type(block).__name__}) returns None for {ended[0]} "
+                    "(it ends that stream), so it cannot run twice; use skip_layers or another target"
+                )
             blocks += [block, block if self.shared else copy_block(block)]
         swap_blocks(transformer, self.target, blocks, registry, self.label())
 

@@ -17,6 +17,7 @@ import yaml
 from torch import nn
 
 import surgery
+from llm_dit.accel.refiner_cache import cache_context_refiner
 from llm_dit.models.tiny import TINY_TRANSFORMER_CONFIG
 from surgery.variants import BlockBypass
 
@@ -162,7 +163,8 @@ def test_specs_round_trip_through_dicts_and_yaml() -> None:
     [
         ([{"variant": "skpi"}], None, "unknown surgery variant 'skpi'; valid variants: duplicate, identity_init, skip, skip_layers"),
         ([{"target": "layers"}], None, "has no 'variant'"),
-        ([{"variant": "skip", "target": "refiner"}], None, "valid targets: context_refiner, noise_refiner, layers, siglip_refiner"),
+        ([{"variant": "skip", "target": "layers..1"}], None, "must be a dotted path to a block list"),
+        ([{"variant": "skip", "target": "refiner"}], {"context_refiner": 2, "layers": 2}, "has no block list 'refiner' (valid targets: context_refiner, layers)"),
         ([{"variant": "skip", "layers": [0]}], None, "'skip' has no option(s) layers; its options: target"),
         ([{"variant": "truncate"}], None, "needs option(s) use_layers"),
         ([{"variant": "truncate", "use_layers": "1"}], None, "use_layers must be an integer, got '1'"),
@@ -514,7 +516,7 @@ def test_drift_names_rows_the_refiner_cache_served(transformer) -> None:
     changed = [caps[0], torch.randn(40, 32, generator=g), caps[2]]  # only row 1's sub-batch differs
     install_length_grouping(transformer)
     try:
-        with surgery.record_block_io(transformer) as recorder, surgery.cache_context_refiner(transformer), torch.no_grad():
+        with surgery.record_block_io(transformer) as recorder, cache_context_refiner(transformer), torch.no_grad():
             transformer(latents, torch.full((3,), 0.3), caps, return_dict=False)
             transformer(latents, torch.full((3,), 0.3), changed, return_dict=False)
     finally:
@@ -554,7 +556,7 @@ def test_refiner_cache_is_bit_identical_and_runs_blocks_once(transformer, any_in
             assert set(counts.values()) == {4}
             counts.update({k: 0 for k in counts})
             keys = list(transformer.state_dict())
-            with surgery.cache_context_refiner(transformer) as cache:
+            with cache_context_refiner(transformer) as cache:
                 assert list(transformer.state_dict()) == keys  # same blocks under the same names
                 cached = sampling_loop(transformer, any_inputs)
             assert set(counts.values()) == {1} and (cache.hits, cache.misses) == (3, 1)
@@ -568,7 +570,7 @@ def test_refiner_cache_recomputes_on_new_inputs_and_weights(transformer, inputs)
     keys = list(transformer.state_dict())
     latents, t, caps = inputs
     other = (latents, t, [c + 1 for c in caps])
-    with surgery.cache_context_refiner(transformer, max_entries=2) as cache:
+    with cache_context_refiner(transformer, max_entries=2) as cache:
         assert list(transformer.state_dict()) == keys  # same names: the blocks are the same objects
         first = run(transformer, inputs)
         run(transformer, other)
@@ -593,7 +595,7 @@ def test_refiner_cache_matches_known_captions_without_comparing_values(transform
     """The same caption tensors, unmodified, are served without torch.equal (no device sync);
     a caption edited in place, or a changed caption embedder, is recomputed."""
     latents, t, caps = inputs
-    with surgery.cache_context_refiner(transformer) as cache:
+    with cache_context_refiner(transformer) as cache:
         first = run(transformer, inputs)
         assert_equal_outputs(run(transformer, inputs), first)
         assert (cache.hits, cache.fast_hits, cache.misses) == (1, 1, 1)
@@ -624,24 +626,24 @@ def test_refiner_cache_never_serves_one_sub_batch_for_another(transformer) -> No
     t = torch.tensor([0.4, 0.4])
     with torch.no_grad():
         plain = transformer(x, t, caps, return_dict=False)[0]
-        with surgery.cache_context_refiner(transformer) as cache:
+        with cache_context_refiner(transformer) as cache:
             for _ in range(2):
                 cached = transformer(x, t, caps, return_dict=False)[0]
                 for a, b in zip(cached, plain):
                     assert torch.allclose(a, b, atol=1e-6)
         assert cache.fast_hits == 0 and cache.hits == 2 and cache.misses == 2
-    assert surgery.count_live_hooks() == 0
+    assert surgery.live_hooks() == ["forward:accel/length_grouping"]  # the speed option stays until removed
 
 
 def test_refiner_cache_refuses_misuse(transformer) -> None:
     with pytest.raises(ValueError, match="its blocks take the timestep"):
-        with surgery.cache_context_refiner(transformer, target="layers"):
+        with cache_context_refiner(transformer, target="layers"):
             pass
-    with surgery.cache_context_refiner(transformer):
+    with cache_context_refiner(transformer):
         with pytest.raises(RuntimeError, match="apply structural surgery first"):
             surgery.apply(transformer, [{"variant": "skip"}])
         with pytest.raises(RuntimeError, match="already cached"):
-            with surgery.cache_context_refiner(transformer):
+            with cache_context_refiner(transformer):
                 pass
         assert "Cached" in repr(transformer.context_refiner)
     assert surgery.count_live_hooks() == 0 and type(transformer.context_refiner) is nn.ModuleList
@@ -662,7 +664,7 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
         ({"layers": [1, -1]}, "non-negative"),
         ({"layers": [1], "start": 0.5, "stop": 0.2}, "0 <= start < stop <= 1"),
         ({"layers": [1], "scale": -1.0}, "scale must be >= 0"),
-        ({"layers": [1], "target": "blocks"}, "valid targets"),
+        ({"layers": [1], "target": "blocks..0"}, "dotted path to a block list"),
     ]:
         with pytest.raises(ValueError, match=message):
             surgery.SkipLayerGuidance(**kwargs)
@@ -670,6 +672,8 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
         surgery.SkipLayerGuidance.from_dict({"layers": [1], "sacle": 2})
     with pytest.raises(ValueError, match="valid 0..1"):
         slg.validate(transformer)
+    with pytest.raises(ValueError, match="no block list 'blocks'"):
+        surgery.SkipLayerGuidance(layers=[1], target="blocks").validate(transformer)
     one = torch.ones(3)
     assert torch.equal(slg.guide(one, 2 * one, one), one + 2.8)
     with surgery.skip_layers_context(transformer, layers=[1]):
@@ -678,7 +682,7 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
     with surgery.apply(transformer, [{"variant": "skip_layers", "target": "layers", "layers": [1]}]):
         assert_equal_outputs(skipped, run(transformer, inputs))
     # Inside a refiner cache (the sampler's setup), the extra pass works and reuses the cache.
-    with surgery.cache_context_refiner(transformer) as cache:
+    with cache_context_refiner(transformer) as cache:
         run(transformer, inputs)
         with surgery.SkipLayerGuidance(layers=[1]).context(transformer):
             assert_equal_outputs(skipped, run(transformer, inputs))
@@ -691,8 +695,11 @@ def test_skip_layer_guidance_schedule_and_validation(transformer, inputs) -> Non
 def test_hook_points_list_every_block_list(base_transformer) -> None:
     rows = surgery.hook_points(base_transformer)
     names = [r.name for r in rows]
-    assert names == ["context_refiner", "context_refiner.0", "context_refiner.1", "noise_refiner", "noise_refiner.0",
-                     "noise_refiner.1", "layers", "layers.0", "layers.1"]  # fmt: skip
+    lists = [r.name for r in rows if r.kind in ("list", "block")]
+    assert lists == ["noise_refiner", "noise_refiner.0", "noise_refiner.1", "context_refiner", "context_refiner.0",
+                     "context_refiner.1", "layers", "layers.0", "layers.1"]  # registration order; fmt: skip
+    assert [r.name for r in rows if r.kind == "module"] == [
+        "all_x_embedder.2-1", "all_final_layer.2-1", "t_embedder", "cap_embedder"]  # fmt: skip
     block = {r.name: r for r in rows}
     assert block["context_refiner.0"].modulated is False and block["layers.1"].modulated is True
     assert block["context_refiner"].parameters == sum(p.numel() for p in base_transformer.context_refiner.parameters())

@@ -18,14 +18,16 @@ in `configure_model`, and with `compile` also compiles the text encoder's layers
 (`compile_text_encoder`: launch-bound at batch 1) and the VAE decoder
 (`compile_vae_decoder`: bandwidth-bound GroupNorm/SiLU passes in eager). Other cuts live where the work is: unpadded encoding that
 stops at the deepest needed layer (encoding/encoder.py), the context-refiner
-cache (surgery/cache.py), the embedding cache and seed batching (module.py).
+cache (`refiner_cache`), the embedding cache and seed batching (module.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 from torch import nn
+
+from surgery.hooks import HookRegistry
 
 from llm_dit.accel.attention import (
     MASKED_BACKENDS,
@@ -63,6 +65,7 @@ from llm_dit.accel.fused import (
     remove_fused_projections,
     sync_fused,
 )
+from llm_dit.accel.refiner_cache import CachedBlockList, cache_context_refiner
 from llm_dit.accel.grouping import (
     has_length_grouping,
     install_length_grouping,
@@ -74,7 +77,11 @@ from llm_dit.accel.grouping import (
 
 @dataclass(frozen=True)
 class Acceleration:
-    """What `accelerate` did, for logs and the benchmark's record."""
+    """What `accelerate` did, for logs and the benchmark's record.
+
+    `registry` holds every change it made (they show in `surgery.live_hooks()`);
+    `remove()` undoes them all (fp8 only with the bf16 weights kept: see `convert_to_fp8`).
+    """
 
     compiled_blocks: int
     attention_backend: str | None
@@ -84,9 +91,15 @@ class Acceleration:
     compile_mode: str | None
     fused_projections: int = 0
     qk_kernel: bool = False
+    registry: HookRegistry | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "registry"}
+
+    def remove(self) -> None:
+        """Undo every speed option `accelerate` applied, newest first."""
+        if self.registry is not None:
+            self.registry.remove()
 
 
 def accelerate(
@@ -102,8 +115,13 @@ def accelerate(
     qk_kernel: bool | None = None,
     compile_mode: str | None = None,
     compile_backend: str = "inductor",
+    fp8_keep_originals: bool = False,
 ) -> Acceleration:
     """Apply the speed options to `transformer` in place (call once, before generating).
+
+    Every change goes through one `surgery.HookRegistry("accel")`, returned in the result:
+    `surgery.live_hooks()` lists them and `result.remove()` (or `surgery.remove_all`)
+    undoes them. fp8 drops the bf16 weights unless `fp8_keep_originals`.
 
     `real_rope` defaults to `compile`: it only pays when Inductor fuses it; eager, the
     complex product is fewer kernels (measured: benchmarks/NOTES.md).
@@ -120,27 +138,36 @@ def accelerate(
     if fuse not in (True, False, "qkv", "ffn"):
         raise ValueError(f"fuse_projections must be True, False, 'qkv' or 'ffn'; got {fuse_projections!r}")
     fuse_qkv, fuse_ffn = fuse in (True, "qkv"), fuse in (True, "ffn")
-    if fp8:
-        convert_to_fp8(transformer, fast_accum=fp8_fast_accum)
-    if group_lengths:
-        install_length_grouping(transformer)
-    if real_rope or fuse_qkv or qk_kernel:
-        install_real_rope(transformer, real_rope=real_rope, qk_kernel=qk_kernel)
-    fused = install_fused_projections(transformer, qkv=fuse_qkv, ffn=fuse_ffn) if fuse_qkv or fuse_ffn else 0
-    backend = set_attention_backend(transformer, attention_backend, grouped=group_lengths)
-    count = compile_blocks(transformer, mode=compile_mode, backend=compile_backend) if compile else 0
-    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode, fused, qk_kernel)
+    registry = HookRegistry("accel")
+    keep = 0  # changes a failure leaves in place: fp8 without its bf16 weights cannot be undone
+    try:
+        if fp8:
+            convert_to_fp8(transformer, fast_accum=fp8_fast_accum, keep_originals=fp8_keep_originals, registry=registry)
+            keep = 0 if fp8_keep_originals else len(registry)
+        if group_lengths:
+            install_length_grouping(transformer, registry)
+        if real_rope or fuse_qkv or qk_kernel:
+            install_real_rope(transformer, real_rope=real_rope, qk_kernel=qk_kernel, registry=registry)
+        fused = install_fused_projections(transformer, qkv=fuse_qkv, ffn=fuse_ffn, registry=registry) if fuse_qkv or fuse_ffn else 0
+        backend = set_attention_backend(transformer, attention_backend, grouped=group_lengths, registry=registry)
+        count = compile_blocks(transformer, mode=compile_mode, backend=compile_backend, registry=registry) if compile else 0
+    except BaseException:
+        registry.remove_after(keep)  # half-applied options leave nothing behind
+        raise
+    return Acceleration(count, backend, group_lengths, real_rope, fp8, compile_mode, fused, qk_kernel, registry)
 
 
 __all__ = [
     "MASKED_BACKENDS",
     "UNMASKED_BACKENDS",
     "Acceleration",
+    "CachedBlockList",
     "Float8Linear",
     "ZImageRealRopeProcessor",
     "accelerate",
     "apply_rotary_real",
     "attention_blhd",
+    "cache_context_refiner",
     "COMPILE_PARTS",
     "compile_blocks",
     "compile_parts",

@@ -29,6 +29,8 @@ attention a mask. `"auto"` picks what the benchmark measured fastest on Hopper
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnProcessor
@@ -36,6 +38,7 @@ from torch import nn
 
 from llm_dit.accel.fused import fused_projection
 from llm_dit.accel.qk_kernel import kernel_handles, norms_supported, qk_norm_rope
+from surgery.hooks import HookRegistry
 
 MASKED_BACKENDS = ("native", "_native_cudnn", "_native_efficient", "_native_math", "flex")
 UNMASKED_BACKENDS = ("_native_flash", "flash", "_flash_3", "sage")
@@ -146,9 +149,12 @@ class ZImageRealRopeProcessor(ZSingleStreamAttnProcessor):
 
 def install_real_rope(
     transformer: nn.Module, targets: tuple[str, ...] = PROCESSOR_TARGETS, *, real_rope: bool = True,
-    direct_cudnn: bool = True, qk_kernel: bool = True,
+    direct_cudnn: bool = True, qk_kernel: bool = True, registry: HookRegistry | None = None,
 ) -> int:
-    """Give the attention of `targets`' blocks llm-dit's processor, keeping each one's backend."""
+    """Give the attention of `targets`' blocks llm-dit's processor, keeping each one's backend.
+
+    Through `registry` (a new "accel" one if None): undoing it gives each attention its old processor."""
+    registry = registry if registry is not None else HookRegistry("accel")
     count = 0
     for target in targets:
         for block in getattr(transformer, target):
@@ -156,7 +162,7 @@ def install_real_rope(
             new = ZImageRealRopeProcessor(real_rope=real_rope, direct_cudnn=direct_cudnn, qk_kernel=qk_kernel)
             new._attention_backend = getattr(old, "_attention_backend", None)
             new._parallel_config = getattr(old, "_parallel_config", None)
-            block.attention.set_processor(new)
+            registry.set_attribute(block.attention, "processor", new, name="attention processor")
             count += 1
     return count
 
@@ -170,8 +176,12 @@ def resolve_backend(name: str | None, device: torch.device | str | None = None) 
     return None
 
 
-def set_attention_backend(transformer: nn.Module, name: str | None, grouped: bool) -> str | None:
-    """Set every attention processor of `transformer` to backend `name`; returns what was set."""
+def set_attention_backend(
+    transformer: nn.Module, name: str | None, grouped: bool, registry: HookRegistry | None = None
+) -> str | None:
+    """Set every attention processor of `transformer` to backend `name`; returns what was set.
+
+    Through `registry` (a new "accel" one if None): undoing it gives each processor its old backend."""
     name = resolve_backend(name)
     if name is None:
         return None
@@ -183,5 +193,23 @@ def set_attention_backend(transformer: nn.Module, name: str | None, grouped: boo
             f"attention backend {name!r} cannot take the key mask that mixed-length batches (CFG, several "
             f"prompts) need; keep length grouping on, or choose one of {', '.join(MASKED_BACKENDS)}"
         )
+    processors = [m.processor for m in transformer.modules() if hasattr(m, "processor") and hasattr(m.processor, "_attention_backend")]
+    previous = [(weakref.ref(p) if _weakrefable(p) else p, p._attention_backend) for p in processors]
     transformer.set_attention_backend(name)
+
+    def undo() -> None:
+        for ref, backend in previous:
+            processor = ref() if isinstance(ref, weakref.ReferenceType) else ref
+            if processor is not None:
+                processor._attention_backend = backend
+
+    (registry if registry is not None else HookRegistry("accel")).add_change(transformer, undo, name=f"attention backend {name}")
     return name
+
+
+def _weakrefable(obj: object) -> bool:
+    try:
+        weakref.ref(obj)
+    except TypeError:
+        return False
+    return True

@@ -3,7 +3,8 @@ of the text encoder's decoder layers and of the VAE decoder.
 
 Each block class's `forward` is compiled once (`torch.compile(fullgraph=True)`)
 and bound to every block of `layers` and `noise_refiner` as an instance
-attribute. Compared with `nn.Module.compile` (what diffusers'
+attribute, through a `surgery.HookRegistry` (so it shows in `surgery.live_hooks()`
+and `uncompile_blocks` / `surgery.remove_all` undo it). Compared with `nn.Module.compile` (what diffusers'
 `compile_repeated_blocks` calls) this:
 
 - keeps forward hooks outside the compiled region, so surgery probes that record
@@ -35,9 +36,11 @@ import torch
 from torch import nn
 
 from llm_dit.accel.fused import sync_block
+from surgery.hooks import HookRegistry, remove_all
 
 COMPILED_TARGETS = ("layers", "noise_refiner")
-_COMPILED_MARK = "_llm_dit_compiled_forward"
+CHANGE_PREFIX = "compile:"
+_COMPILED_FUNCTION = "_llm_dit_compiled"  # set on the functions we compile (not on modules)
 
 
 COMPILE_PARTS = ("dit", "encoder", "vae")
@@ -73,6 +76,7 @@ def compile_blocks(
     mode: str | None = None,
     backend: str = "inductor",
     fullgraph: bool = True,
+    registry: HookRegistry | None = None,
 ) -> int:
     """Compile the blocks of `targets` in place; returns how many blocks now run compiled.
 
@@ -80,10 +84,13 @@ def compile_blocks(
     `backend="aot_eager"` traces without code generation (tests on CPU).
     """
     blocks = [block for target in targets for block in getattr(transformer, target)]
-    return compile_forwards(blocks, dynamic=dynamic, mode=mode, backend=backend, fullgraph=fullgraph, wrap=_synced)
+    return compile_forwards(blocks, dynamic=dynamic, mode=mode, backend=backend, fullgraph=fullgraph, wrap=_synced,
+                            registry=registry)
 
 
-def compile_text_encoder(text_encoder: nn.Module, *, backend: str = "inductor", mode: str | None = None) -> int:
+def compile_text_encoder(
+    text_encoder: nn.Module, *, backend: str = "inductor", mode: str | None = None, registry: HookRegistry | None = None
+) -> int:
     """Compile each Qwen3 decoder layer in place (shape-generic: any prompt length, no recompiles).
 
     At batch 1 and a few dozen tokens the encoder is launch-bound, not FLOP-bound: eager
@@ -98,10 +105,13 @@ def compile_text_encoder(text_encoder: nn.Module, *, backend: str = "inductor", 
     read a `ContextVar`, which torch 2.11's Dynamo cannot trace; it then splits the layer around
     the hook instead of failing (no split without those hooks, and none on newer torch).
     """
-    return compile_forwards(list(text_encoder.layers), dynamic=True, mode=mode, backend=backend, fullgraph=False)
+    return compile_forwards(list(text_encoder.layers), dynamic=True, mode=mode, backend=backend, fullgraph=False,
+                            registry=registry)
 
 
-def compile_vae_decoder(vae: nn.Module, *, backend: str = "inductor", mode: str | None = None) -> int:
+def compile_vae_decoder(
+    vae: nn.Module, *, backend: str = "inductor", mode: str | None = None, registry: HookRegistry | None = None
+) -> int:
     """Compile the VAE decoder in place; `vae.decode` then runs it compiled.
 
     The decoder is bandwidth-bound in eager: every GroupNorm, SiLU and residual add is a
@@ -110,7 +120,7 @@ def compile_vae_decoder(vae: nn.Module, *, backend: str = "inductor", mode: str 
     shapes: one graph per (batch, resolution), which a study has few of; a shape-generic graph
     ran b4 at 51 ms per image against 36 ms for the static b1 graph (H200, benchmarks/NOTES.md).
     """
-    return compile_forwards([vae.decoder], dynamic=False, mode=mode, backend=backend)
+    return compile_forwards([vae.decoder], dynamic=False, mode=mode, backend=backend, registry=registry)
 
 
 def compile_forwards(
@@ -122,12 +132,15 @@ def compile_forwards(
     fullgraph: bool = True,
     wrap=None,
     options: dict | None = None,
+    registry: HookRegistry | None = None,
 ) -> int:
-    """Bind one compiled `forward` per module class to every module in `modules`.
+    """Bind one compiled `forward` per module class to every module in `modules`, through
+    `registry` (a new "accel" one if None).
 
     `wrap(compiled)` may put an eager step in front of the compiled function (the DiT's
     fused-weight refresh). Undone by `uncompile_blocks` on any parent module.
     """
+    registry = registry if registry is not None else HookRegistry("accel")
     configure_dynamo()
     compiled: dict[type, object] = {}
     count = 0
@@ -137,8 +150,8 @@ def compile_forwards(
             function = torch.compile(cls.forward, fullgraph=fullgraph, dynamic=dynamic, mode=mode, backend=backend,
                                      options=options)
             compiled[cls] = wrap(function) if wrap is not None else function
-        module.forward = types.MethodType(compiled[cls], module)
-        setattr(module, _COMPILED_MARK, True)
+            setattr(compiled[cls], _COMPILED_FUNCTION, True)
+        registry.bind_forward(module, compiled[cls], name=f"{CHANGE_PREFIX}{cls.__name__}")
         count += 1
     return count
 
@@ -155,11 +168,12 @@ def _synced(compiled):
 
 
 def uncompile_blocks(transformer: nn.Module) -> int:
-    """Undo `compile_blocks` (and `nn.Module.compile`): every block runs eager again."""
-    count = 0
+    """Undo `compile_blocks` / `compile_forwards` (and `nn.Module.compile`) on `transformer`'s tree:
+    every module runs eager again. Returns how many modules were compiled."""
+    count = remove_all(transformer, match=f"*/{CHANGE_PREFIX}*")
     for module in transformer.modules():
-        if module.__dict__.pop(_COMPILED_MARK, False):
-            module.__dict__.pop("forward", None)
+        if _has_compiled_forward(module):  # a deep copy: the bound forward came along, the registry entry did not
+            del module.__dict__["forward"]
             count += 1
         if getattr(module, "_compiled_call_impl", None) is not None:
             module._compiled_call_impl = None
@@ -167,5 +181,10 @@ def uncompile_blocks(transformer: nn.Module) -> int:
     return count
 
 
+def _has_compiled_forward(module: nn.Module) -> bool:
+    forward = module.__dict__.get("forward")
+    return isinstance(forward, types.MethodType) and getattr(forward.__func__, _COMPILED_FUNCTION, False)
+
+
 def is_compiled(block: nn.Module) -> bool:
-    return bool(block.__dict__.get(_COMPILED_MARK)) or getattr(block, "_compiled_call_impl", None) is not None
+    return _has_compiled_forward(block) or getattr(block, "_compiled_call_impl", None) is not None

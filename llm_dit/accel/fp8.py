@@ -19,7 +19,12 @@ dequantizing in float32, which is what `_scaled_mm` computes up to
 accumulation order.
 
 The feed-forward's forward is bound to one that hands w2 its input already gated and
-quantized by one Triton pass on CUDA (`llm_dit.accel.gate_kernel`); `restore()` unbinds it.
+quantized by one Triton pass on CUDA (`llm_dit.accel.gate_kernel`).
+
+Both the linear swaps and the bound feed-forwards go through a `surgery.HookRegistry`,
+so they show in `surgery.live_hooks()`. With `keep_originals` the registry undoes them
+exactly (the same bf16 linears come back); without it the bf16 weights are dropped to
+save memory, and undoing the conversion says so instead of guessing them back.
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from surgery.hooks import HookRegistry
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8_DTYPE).max)  # 448
 FP8_TARGETS = ("layers", "noise_refiner")
 LINEAR_NAMES = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0",
                 "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 _MIN_AMAX = 1e-12
+CHANGE_NAME = "fp8"
 
 
 def quantize_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,15 +150,20 @@ def fp8_supported(device: torch.device | str | None = None) -> bool:
 
 
 def convert_to_fp8(
-    transformer: nn.Module, targets: Iterable[str] = FP8_TARGETS, *, fast_accum: bool = True, keep_originals: bool = False
+    transformer: nn.Module, targets: Iterable[str] = FP8_TARGETS, *, fast_accum: bool = True, keep_originals: bool = False,
+    registry: HookRegistry | None = None,
 ):
-    """Swap the big linears of `targets` for Float8Linear in place.
+    """Swap the big linears of `targets` for Float8Linear in place, through `registry` (a new
+    "accel" one if None).
 
     Returns a function that puts the original bf16 linears back when
     `keep_originals` (the benchmark compares both in one process; it keeps both
-    copies in memory), else None (the bf16 weights are dropped).
+    copies in memory), else None (the bf16 weights are dropped, and undoing the
+    registry's entry raises an error that says so).
     """
-    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    registry = registry if registry is not None else HookRegistry("accel")
+    before = len(registry)
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
     gated: list[nn.Module] = []
     for target in targets:
         for block in getattr(transformer, target):
@@ -169,22 +182,36 @@ def convert_to_fp8(
                     continue
                 if linear.weight.is_cuda and (linear.in_features % 16 or linear.out_features % 16):
                     continue  # _scaled_mm needs K and N multiples of 16
-                parent._modules[child] = Float8Linear.from_linear(linear, fast_accum)
-                swapped.append((parent, child, linear))
-    if not swapped:
+                swaps.append((parent, child, Float8Linear.from_linear(linear, fast_accum)))
+    if not swaps:
         raise ValueError(f"no linear layers to convert to fp8 in {list(targets)}")
+    if keep_originals:
+        for parent, child, replacement in swaps:
+            registry.swap_child(parent, child, replacement, name=CHANGE_NAME)
+    else:
+        _swap_for_good(swaps, registry)
     for feed_forward in gated:
         if isinstance(feed_forward._modules.get("w2"), Float8Linear):
-            feed_forward.forward = types.MethodType(_fp8_feed_forward, feed_forward)
+            registry.bind_forward(feed_forward, _fp8_feed_forward, name=CHANGE_NAME)
     if not keep_originals:
         return None
 
     def restore() -> None:
-        for parent, child, linear in reversed(swapped):
-            parent._modules[child] = linear
-        for feed_forward in gated:
-            forward = feed_forward.__dict__.get("forward")
-            if isinstance(forward, types.MethodType) and forward.__func__ is _fp8_feed_forward:
-                del feed_forward.__dict__["forward"]
+        """Undo this conversion's changes only (newest first)."""
+        registry.remove_after(before)
 
     return restore
+
+
+def _swap_for_good(swaps: list[tuple[nn.Module, str, nn.Module]], registry: HookRegistry) -> None:
+    """Put the Float8Linears in without keeping the bf16 linears (they are freed), listed in the registry."""
+    for parent, child, replacement in swaps:
+        parent._modules[child] = replacement
+
+    def undo() -> None:
+        raise RuntimeError(
+            "fp8: the bf16 linears were dropped when converting (keep_originals=False), so the conversion "
+            "cannot be undone exactly; reload the model, or convert with keep_originals=True"
+        )
+
+    registry.add_change(swaps[0][0], undo, name=f"{CHANGE_NAME} (bf16 weights dropped: {len(swaps)} linears)")

@@ -28,6 +28,10 @@ graph itself only reads the buffer. In fp8 mode (`llm_dit.accel.fp8`) the fused 
 is the concatenation of the float8 weights and of their per-row scales, which is exactly
 the row-wise quantization of the concatenated bf16 weight.
 
+Marking a module for fusion (its source names, the two buffers, the feed-forward's bound
+forward) goes through a `surgery.HookRegistry`: it shows in `surgery.live_hooks()`, and
+`remove_fused_projections` / `surgery.remove_all` undo it.
+
 Memory: a second copy of the fused weights, 88 MB (q/k/v) + 157 MB (w1/w3) per full-size
 bf16 block, 7.3 GiB for the 32 blocks (3.7 GiB in fp8).
 """
@@ -45,6 +49,7 @@ from torch.nn.modules import module as _module_impl
 
 from llm_dit.accel.fp8 import FP8_DTYPE, Float8Linear, fp8_linear
 from llm_dit.accel.gate_kernel import gated_down_projection
+from surgery.hooks import HookRegistry, remove_all
 
 QKV = ("to_q", "to_k", "to_v")
 FFN = ("w1", "w3")
@@ -54,6 +59,7 @@ SCALE = "_llm_dit_fused_scale"  # None (bf16), or float32 bits (int32) [1, sum N
 _SOURCES = "_llm_dit_fused_sources"  # child names, marks a module as fused
 _SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> what its fused weight was built from
 _FAST_ACCUM = "_llm_dit_fused_fast_accum"
+CHANGE_PREFIX = "fused:"
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -196,40 +202,56 @@ def _fused_feed_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return gated_down_projection(self, x1, x3)
 
 
-def _mark(module: nn.Module, names: tuple[str, ...]) -> None:
-    module.__dict__[_SOURCES] = names
+def _mark(module: nn.Module, names: tuple[str, ...], registry: HookRegistry) -> None:
+    change = f"{CHANGE_PREFIX}{type(module).__name__}"
+    module_ref = weakref.ref(module)
+
+    def forget_cache() -> None:  # the cached copy and what it was built from
+        target = module_ref()
+        if target is not None:
+            _SIGNATURES.pop(target, None)
+            target.__dict__.pop(_FAST_ACCUM, None)
+
+    registry.add_change(module, forget_cache, name=change)
+    registry.set_attribute(module, _SOURCES, names, name=change)
     for buffer in (WEIGHT, SCALE):
         if buffer not in module._buffers:
-            module.register_buffer(buffer, None, persistent=False)
+            registry.add_buffer(module, buffer, None, name=change, persistent=False)
 
 
 def install_fused_projections(
-    transformer: nn.Module, targets: Iterable[str] = FUSED_TARGETS, *, qkv: bool = True, ffn: bool = True
+    transformer: nn.Module, targets: Iterable[str] = FUSED_TARGETS, *, qkv: bool = True, ffn: bool = True,
+    registry: HookRegistry | None = None,
 ) -> int:
     """Mark the attention (q/k/v) and feed-forward (w1/w3) of `targets`' blocks for fusion; returns how many.
 
     q/k/v fusion needs an attention processor that asks for it (`ZImageRealRopeProcessor`,
     installed by `accelerate`); w1/w3 fusion binds the feed-forward's forward. Weights are
-    built on the first forward.
+    built on the first forward. The changes go through `registry` (a new "accel" one if None).
     """
+    registry = registry if registry is not None else HookRegistry("accel")
     count = 0
     for target in targets:
         for block in getattr(transformer, target):
             attention, feed_forward = getattr(block, "attention", None), getattr(block, "feed_forward", None)
-            if qkv and attention is not None and all(name in attention._modules for name in QKV):
-                _mark(attention, QKV)
+            if qkv and attention is not None and _SOURCES not in attention.__dict__ \
+                    and all(name in attention._modules for name in QKV):
+                _mark(attention, QKV, registry)
                 count += 1
-            if ffn and feed_forward is not None and all(name in feed_forward._modules for name in FFN):
-                _mark(feed_forward, FFN)
-                feed_forward.forward = types.MethodType(_fused_feed_forward, feed_forward)
+            if ffn and feed_forward is not None and _SOURCES not in feed_forward.__dict__ \
+                    and all(name in feed_forward._modules for name in FFN):
+                _mark(feed_forward, FFN, registry)
+                registry.bind_forward(feed_forward, _fused_feed_forward, name=f"{CHANGE_PREFIX}{type(feed_forward).__name__}")
                 count += 1
     return count
 
 
 def remove_fused_projections(transformer: nn.Module) -> int:
-    """Undo `install_fused_projections`: drop the fused weights, the separate linears run again."""
-    count = 0
-    for module in transformer.modules():
+    """Undo `install_fused_projections`: drop the fused weights, the separate linears run again.
+    Returns how many modules were marked."""
+    count = sum(_SOURCES in module.__dict__ for module in transformer.modules())
+    remove_all(transformer, match=f"*/{CHANGE_PREFIX}*")
+    for module in transformer.modules():  # deep copies: the marks came along, the registry entries did not
         if module.__dict__.pop(_SOURCES, None) is None:
             continue
         _SIGNATURES.pop(module, None)
@@ -239,7 +261,6 @@ def remove_fused_projections(transformer: nn.Module) -> int:
         forward = module.__dict__.get("forward")
         if isinstance(forward, types.MethodType) and forward.__func__ is _fused_feed_forward:
             del module.__dict__["forward"]
-        count += 1
     return count
 
 

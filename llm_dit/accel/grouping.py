@@ -13,8 +13,9 @@ Numerically it equals the masked batch up to the attention kernel's rounding.
 Each sub-call runs inside `surgery.sub_batch`, so probes (refiner drift) know which
 rows of the whole call it holds and put them back in place.
 
-Installed as an instance `forward` (a bound method, so `copy.deepcopy` re-binds
-it to the copy); `remove_length_grouping` restores the class's forward.
+Installed as an instance `forward` through a `surgery.HookRegistry` (a bound method,
+so `copy.deepcopy` re-binds it to the copy); it shows in `surgery.live_hooks()` and
+`remove_length_grouping` (or `surgery.remove_all`) restores the class's forward.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from surgery.hooks import HookRegistry, remove_all
 from surgery.probes import sub_batch
 
 SEQ_MULTIPLE = 32  # diffusers' SEQ_MULTI_OF for Z-Image
-_MARK = "_llm_dit_length_grouping"
+CHANGE_NAME = "length_grouping"
 
 
 def padded_caption_length(length: int) -> int:
@@ -67,18 +69,25 @@ def _grouped_forward(self: nn.Module, x: Any, t: torch.Tensor, cap_feats: Any, r
     return Transformer2DModelOutput(sample=outputs)
 
 
-def install_length_grouping(transformer: nn.Module) -> None:
-    """Make `transformer(...)` split mixed-length batches into unmasked sub-batches (idempotent)."""
-    if transformer.__dict__.get(_MARK):
-        return
-    transformer.forward = types.MethodType(_grouped_forward, transformer)
-    setattr(transformer, _MARK, True)
+def install_length_grouping(transformer: nn.Module, registry: HookRegistry | None = None) -> HookRegistry | None:
+    """Make `transformer(...)` split mixed-length batches into unmasked sub-batches (idempotent).
+
+    The change goes through `registry` (a new "accel" one if None), which is returned
+    (None when grouping was already on)."""
+    if has_length_grouping(transformer):
+        return None
+    registry = registry if registry is not None else HookRegistry("accel")
+    registry.bind_forward(transformer, _grouped_forward, name=CHANGE_NAME)
+    return registry
 
 
 def remove_length_grouping(transformer: nn.Module) -> None:
-    if transformer.__dict__.pop(_MARK, False):
+    """Undo `install_length_grouping` (also on a deep copy, whose forward was copied with it)."""
+    remove_all(transformer, match=f"*/{CHANGE_NAME}")
+    if has_length_grouping(transformer):  # a copy: the bound forward came along, the registry entry did not
         transformer.__dict__.pop("forward", None)
 
 
 def has_length_grouping(transformer: nn.Module) -> bool:
-    return bool(transformer.__dict__.get(_MARK))
+    forward = transformer.__dict__.get("forward")
+    return isinstance(forward, types.MethodType) and forward.__func__ is _grouped_forward

@@ -33,6 +33,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Model
 from llm_dit.encoding.long_prompt import fit_to_length
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.template import SEGMENT_LABELS, TemplatedPrompt, tokenize_chat
+from surgery.hooks import HookRegistry
 
 TINY_PRESET = "tiny"
 TINY_RANDOM_PRESET = "tiny-random"
@@ -238,16 +239,18 @@ def combine_layers(layers: list[torch.Tensor], how: str) -> torch.Tensor:
 
 @contextmanager
 def _truncated(text_encoder: Qwen3Model, depth: int) -> Iterator[None]:
-    """Keep only the first `depth` layers and skip the final norm, unless depth is the full stack."""
+    """Keep only the first `depth` layers and skip the final norm, unless depth is the full stack.
+
+    Module swaps through a `surgery.HookRegistry`, so they show in `surgery.live_hooks()`
+    while an encode runs and the very same layer list and norm come back after it."""
     if depth >= len(text_encoder.layers):
         yield
         return
-    layers, norm = text_encoder.layers, text_encoder.norm
-    text_encoder.layers, text_encoder.norm = nn.ModuleList(list(layers)[:depth]), nn.Identity()
-    try:
+    with HookRegistry("encoder") as registry:
+        registry.swap_child(text_encoder, "layers", nn.ModuleList(list(text_encoder.layers)[:depth]),
+                            name=f"truncate layers to {depth}")
+        registry.swap_child(text_encoder, "norm", nn.Identity(), name="skip final norm")
         yield
-    finally:
-        text_encoder.layers, text_encoder.norm = layers, norm
 
 
 @contextmanager
@@ -256,6 +259,7 @@ def _capturing(text_encoder: Qwen3Model, indices: set[int], captured: dict[int, 
 
     Own hooks rather than `output_hidden_states`: transformers installs its capture
     hooks once, on the layers present at that moment, which would be the truncated stack.
+    Registered through a `surgery.HookRegistry` (removed on exit, listed while live).
     """
 
     def recorder(index: int):
@@ -264,13 +268,11 @@ def _capturing(text_encoder: Qwen3Model, indices: set[int], captured: dict[int, 
 
         return hook
 
-    modules = {k: text_encoder.embed_tokens if k == 0 else text_encoder.layers[k - 1] for k in indices}
-    handles = [module.register_forward_hook(recorder(k)) for k, module in modules.items()]
-    try:
+    with HookRegistry("encoder") as registry:
+        for k in sorted(indices):
+            module = text_encoder.embed_tokens if k == 0 else text_encoder.layers[k - 1]
+            registry.add_forward_hook(module, recorder(k), name=f"hidden state {k}")
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _checked_prompts(prompts: Sequence[str] | str) -> list[str]:

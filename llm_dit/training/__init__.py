@@ -15,12 +15,14 @@ from llm_dit.training.adapters import TrainableAdapter, applied_blocks, export_c
 from llm_dit.training.config import AdapterConfig, FlowMatchObjective
 from llm_dit.training.fingerprint import base_fingerprints, check_adapter_base, portable_fingerprint
 from llm_dit.training.objective import flow_matching_loss, noisy_latents, sample_sigmas, shift_sigmas, velocity_target
+from llm_dit.training.style_adapter import StyleAdapter  # registers the style_adapter surgery variant
 from llm_dit.training.validation import ValidationSettings, image_grid
 
 __all__ = [
     "AdapterConfig",
     "AdapterSpec",
     "FlowMatchObjective",
+    "StyleAdapter",
     "TrainableAdapter",
     "ValidationSettings",
     "applied_blocks",

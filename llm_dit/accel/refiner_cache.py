@@ -1,4 +1,9 @@
-"""Refiner cache: run the context refiner once per prompt batch, not once per step.
+"""Refiner cache: run Z-Image's context refiner once per prompt batch, not once per step.
+
+Z-Image-specific (it knows the refiner's positional arguments and what feeds it), so it
+lives here rather than in the model-agnostic `surgery` package; it makes its changes
+through a `surgery.HookRegistry`, so they show in `surgery.live_hooks()` and
+`surgery.remove_all` undoes them like any other.
 
 The context refiner has no timestep input, so over a sampling loop it gets the
 same caption features every step and returns the same output. The cache swaps
@@ -38,7 +43,10 @@ import torch
 from torch import nn
 
 from surgery.hooks import HookRegistry
-from surgery.targets import TIMESTEP_FREE_TARGETS, blocks_of, get_blocks
+from surgery.targets import blocks_of, get_blocks
+
+# The block lists whose blocks take no timestep: context_refiner (captions) and siglip_refiner (Omni only).
+TIMESTEP_FREE_TARGETS: tuple[str, ...] = ("context_refiner", "siglip_refiner")
 
 
 @dataclass
@@ -185,9 +193,7 @@ def cache_context_refiner(
             cache.note_captions(None)  # omni mode or an unknown call: compare values
 
     with HookRegistry(f"cache:{target}") as registry:
+        registry.add_change(transformer, cache.clear, name="stored activations")  # undone last: dropped with the context
         registry.swap_child(transformer, target, cache, name=target)
         registry.add_forward_pre_hook(transformer, note_captions, name="caption identity", with_kwargs=True)
-        try:
-            yield cache
-        finally:
-            cache.clear()  # drop the stored activations with the context
+        yield cache

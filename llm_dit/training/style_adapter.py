@@ -2,7 +2,9 @@
 
     surgery: [{variant: style_adapter, path: lightning_logs/refiner_style_adapter/adapter, scale: 1.0}]
 
-The adapter (see llm_dit/training) is rebuilt as a new block list and swapped in
+Z-Image-specific (it loads adapters llm_dit.training wrote), so it lives here and
+registers itself with `surgery` when llm_dit.training is imported; `surgery` stays
+model-agnostic. The adapter is rebuilt as a new block list and swapped in
 for `context_refiner` through the registry, so the base blocks and weights are
 never edited and leaving the context gives back the exact model. `scale`
 weighs the adapter: 0 is the base model bit for bit (the adapter does not run),
@@ -24,6 +26,10 @@ from typing import Any
 
 from torch import nn
 
+from llm_dit.errors import UserError
+from llm_dit.training.adapter_files import check_fits, load_adapter, read_shapes, read_spec
+from llm_dit.training.adapters import applied_blocks
+from llm_dit.training.fingerprint import check_adapter_base
 from surgery.hooks import HookRegistry
 from surgery.spec import SurgerySpec, register_variant
 from surgery.targets import blocks_of, get_blocks
@@ -50,23 +56,15 @@ class StyleAdapter(SurgerySpec):
             raise ValueError(f"surgery variant 'style_adapter': scale must be a finite number, got {self.scale!r}")
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"surgery variant 'style_adapter': path must be the adapter folder, got {self.path!r}")
-        from llm_dit.training.adapter_files import read_shapes, read_spec
-
         read_spec(self.path)  # missing files, a foreign format or a damaged header fail at config time
         read_shapes(self.path)
 
     def validate(self, n_blocks: int) -> None:
-        from llm_dit.training.adapter_files import read_spec
-
         expected = read_spec(self.path).base_blocks
         if expected != n_blocks:
             raise ValueError(f"{self.label()}: the adapter was made for a {self.target} of {expected} blocks, this one has {n_blocks}")
 
     def apply(self, transformer: nn.Module, registry: HookRegistry) -> None:
-        from llm_dit.training.adapter_files import load_adapter
-        from llm_dit.training.adapters import applied_blocks
-        from llm_dit.training.fingerprint import check_adapter_base
-
         spec, tensors = load_adapter(self.path)
         check_base(self.path, spec, transformer)
         base = blocks_of(get_blocks(transformer, self.target))
@@ -75,9 +73,6 @@ class StyleAdapter(SurgerySpec):
 
 def check_base(path: str, spec: Any, transformer: nn.Module) -> None:
     """The adapter's base fingerprint against `transformer` (untouched by other surgery), as a one-line error."""
-    from llm_dit.errors import UserError
-    from llm_dit.training.fingerprint import check_adapter_base
-
     try:
         check_adapter_base(spec.base_fingerprint, spec.portable_fingerprint, transformer,
                            f"style adapter {path!r}", spec.info.get("weights"))
@@ -96,8 +91,6 @@ def first_adapters(surgery_lists: Iterable[Sequence[Mapping[str, Any]]]) -> list
 
 def check_adapters_fit(surgery_lists: Iterable[Sequence[Mapping[str, Any]]], transformer_config: dict[str, Any] | None) -> None:
     """Before any model loads: every style adapter's tensor shapes (safetensors header) fit the model's config."""
-    from llm_dit.training.adapter_files import check_fits
-
     for specs in surgery_lists:
         for spec in specs:
             if spec.get("variant") == "style_adapter":
@@ -106,7 +99,5 @@ def check_adapters_fit(surgery_lists: Iterable[Sequence[Mapping[str, Any]]], tra
 
 def check_adapters_base(surgery_lists: Iterable[Sequence[Mapping[str, Any]]], transformer: nn.Module) -> None:
     """Once the model is loaded and before the first image: each first-listed adapter matches its base weights."""
-    from llm_dit.training.adapter_files import read_spec
-
     for path in first_adapters(surgery_lists):
         check_base(path, read_spec(path), transformer)
