@@ -52,6 +52,8 @@ from lightning.pytorch import Callback
 from safetensors.torch import load_file, save_file
 
 from callbacks.metrics import is_number, item_row, table_rows
+from llm_dit.results.figures import cosine_matrix_figure, varies
+from llm_dit.run import run_dir
 
 ANALYSIS_FILE = "embedding_analysis.json"
 FIGURE_FILE = "figures/cosine_matrix.png"
@@ -307,8 +309,6 @@ def write_analysis(result: dict[str, Any], folder: Path) -> tuple[Path, Any]:
     number: conditions that share one encoding (surgery or sampler studies) can
     only show 1.0 there, which says nothing.
     """
-    from callbacks.figures import varies
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ANALYSIS_FILE
     temporary = path.with_suffix(".tmp")
@@ -326,9 +326,7 @@ def write_analysis(result: dict[str, Any], folder: Path) -> tuple[Path, Any]:
 
 
 def cosine_figure(names: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> Any:
-    """The shared figure builder (callbacks.figures), with None cells as NaN."""
-    from callbacks.figures import cosine_matrix_figure
-
+    """The shared figure builder (llm_dit.results.figures), with None cells as NaN."""
     values = [[float("nan") if v is None else v for v in row] for row in matrix]
     return cosine_matrix_figure(list(names), values)
 
@@ -430,8 +428,6 @@ class EmbeddingAnalysis(Callback):
     def on_predict_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        from llm_dit.run import run_dir
-
         embeddings = getattr(outputs, "embeddings", None) or []
         encodings = getattr(outputs, "encodings", None) or []
         resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
@@ -450,8 +446,6 @@ class EmbeddingAnalysis(Callback):
                 self._stored.add(key)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from llm_dit.run import run_dir
-
         rows = table_rows(trainer, self._local)
         if not trainer.is_global_zero or not rows:
             return

@@ -52,6 +52,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
 
+from llm_dit.results.table import all_rows
+
 SET_METRICS_FILE = "set_metrics.json"
 
 
@@ -280,8 +282,6 @@ def table_rows(trainer: Any, local_rows: Iterable[dict[str, Any]] = ()) -> list[
         for row in part:
             merged.setdefault(str(row["item_id"]), {}).update(row)
     if run_dir is not None:
-        from callbacks.writer import all_rows
-
         for item_id, row in all_rows(run_dir).items():
             merged[str(item_id)] = {**merged.get(str(item_id), {}), **row}
     return sorted_rows(merged.values())

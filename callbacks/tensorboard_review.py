@@ -44,7 +44,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 from torch import Tensor
 
-from callbacks import figures
+from llm_dit.results import figures
 from callbacks.metrics import (
     KeyedImages,
     compute_quietly,
@@ -56,8 +56,8 @@ from callbacks.metrics import (
     to_uint8,
 )
 from llm_dit.provenance import RANDOM_WEIGHTS_NOTE, weights_are_random
-from llm_dit.report.run_data import RunData
-from llm_dit.report.tables import quality_metric, study_figures
+from llm_dit.results.run_data import RunData
+from llm_dit.results.tables import quality_metric, study_figures
 
 
 class TensorBoardReview(Callback):

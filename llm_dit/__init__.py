@@ -21,7 +21,7 @@ _EXPORTS = {
     "SamplerSettings": "llm_dit.sampling.settings",
     "Study": "llm_dit.study",
     "ConditionSpec": "llm_dit.study",
-    "PromptSpec": "llm_dit.study",
+    "PromptSpec": "llm_dit.encoding.prompt_spec",
     "StudyItem": "llm_dit.study",
     "StudyDataModule": "llm_dit.data",
     "load_components": "llm_dit.models.loading",

@@ -16,17 +16,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from PIL import Image
 
 import surgery
+from llm_dit.accel import accelerate, compile_text_encoder, compile_vae_decoder
 from llm_dit.accel.compile import compile_parts
 from llm_dit.encoding.cache import EmbeddingCache, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.inspect import encoder_hidden_states, transformer_block_counts
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
-from llm_dit.outputs import GeneratedBatch
+from llm_dit.outputs import GeneratedBatch, load_png
 from llm_dit.sampling.euler import decode_latents, denoise, initial_noise
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.sampling.step_cache import StepCache
@@ -135,8 +136,6 @@ class ZImageModule(L.LightningModule):
         self.encoder = ZImageTextEncoder(components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
         parts = compile_parts(self.hparams.compile)
         if parts or self.hparams.attention_backend or self.hparams.fp8:
-            from llm_dit.accel import accelerate, compile_text_encoder, compile_vae_decoder
-
             accelerate(self.transformer, compile="dit" in parts,
                        attention_backend=self.hparams.attention_backend, fp8=self.hparams.fp8)
             if "encoder" in parts:
@@ -148,8 +147,6 @@ class ZImageModule(L.LightningModule):
     def validate_study(self, study: Study) -> None:
         """Checks that need the model's shape (not its weights): hidden layers, surgery and
         skip-layer-guidance indices against the encoder's and transformer's block counts."""
-        from llm_dit.models.inspect import encoder_hidden_states, transformer_block_counts
-
         hidden_states = encoder_hidden_states(self.hparams.weights)
         blocks = transformer_block_counts(self.hparams.weights)
         checked = set()
@@ -383,10 +380,3 @@ def _spread(values: list[Any], resumed: list[bool]) -> list[Any]:
     """Put per-generated-item values back at their batch positions (None for resumed)."""
     it = iter(values)
     return [None if done else next(it) for done in resumed]
-
-
-def load_png(path: Path) -> torch.Tensor:
-    """Read a PNG written by the writer back as [3,H,W] float32 in [0,1]."""
-    with Image.open(path) as image:
-        array = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-        return array.view(image.height, image.width, 3).permute(2, 0, 1).float() / 255.0

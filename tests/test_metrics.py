@@ -28,7 +28,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from callbacks import figures
+from llm_dit.results import figures
 from callbacks.clip_score import ClipScoreCallback
 from callbacks.detail import DetailScoreCallback, laplacian_variance
 from callbacks.fid import ConditionFID, FidCallback, RandomFeatureNet

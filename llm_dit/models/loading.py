@@ -36,9 +36,12 @@ from llm_dit.models.single_file import (
     load_single_file,
     parameters_on_meta,
     read_checkpoint_keys,
+    read_stored_config,
     refuse_pickle,
 )
-from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG, build_tiny_components, load_bundled_tokenizer
+from llm_dit.models.tiny import (
+    TINY_TRANSFORMER_CONFIG, ZIMAGE_SCHEDULER_CONFIG, build_tiny_components, load_bundled_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +195,6 @@ def check_weights_source(weights: WeightsSpec, allow_pickle: bool = False) -> No
 def transformer_config(weights: WeightsSpec) -> dict[str, Any] | None:
     """The transformer's config without loading it (for checks before the model loads), or None when
     only loading would tell (a hub id, single files without a stored config)."""
-    from llm_dit.models.single_file import read_stored_config
-    from llm_dit.models.tiny import TINY_TRANSFORMER_CONFIG
-
     try:
         resolved = resolve_weights(weights)
     except (ValueError, FileNotFoundError):

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llm_dit.errors import UserError, UserFacing
+from llm_dit.models.single_file import read_safetensors_header
 from llm_dit.training.config import ADAPTER_VARIANTS
 
 ADAPTER_FORMAT = "llm-dit-style-adapter"
@@ -128,8 +129,6 @@ def read_spec(path: str | Path) -> AdapterSpec:
 
 def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes from the safetensors header alone: a damaged file fails here, naming it."""
-    from llm_dit.models.single_file import read_safetensors_header
-
     header = read_safetensors_header(adapter_folder(path) / TENSORS_NAME)
     return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 

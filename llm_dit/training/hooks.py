@@ -14,9 +14,11 @@ from typing import Any
 import torch
 
 from llm_dit.encoding.options import EncodingOptions
+from llm_dit.models.placement import free_text_encoder, release_cached_memory
+from llm_dit.run import run_dir
 from llm_dit.training.adapters import TrainableAdapter, freeze
 from llm_dit.training.config import AdapterConfig, FlowMatchObjective
-from llm_dit.training.objective import draw_noise, flow_matching_loss
+from llm_dit.training.objective import draw_noise, flow_matching_loss, validation_noise
 from llm_dit.training.validation import ValidationSettings, log_grid, sample_grid
 
 ADAPTER_FOLDER = "adapter"
@@ -79,8 +81,6 @@ def _prepare_data(module: Any, trainer: Any) -> None:
 def release(module: Any, name: str) -> None:
     """Free a component no longer needed (weights to the meta device) and take it out of the
     module tree, so neither DDP nor Lightning's teardown (`module.cpu()`) touches it."""
-    from llm_dit.models.placement import free_text_encoder, release_cached_memory
-
     component = module._modules.pop(name, None)
     if component is None:
         return
@@ -101,8 +101,6 @@ def training_step(module: Any, batch: dict[str, Any]) -> torch.Tensor:
 
 def validation_step(module: Any, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
     """Loss at fixed noise and sigmas (comparable across steps); the sample grid on the first batch."""
-    from llm_dit.fit_data import validation_noise
-
     x0 = batch["latents"].float()
     noise, sigma = validation_noise(batch["index"], x0)
     loss = flow_matching_loss(module.transformer, x0, noise, sigma, _captions(module, batch))
@@ -161,8 +159,6 @@ def export_adapter(module: Any) -> None:
     """At fit end: `<run>/adapter/` (rank 0), for `{variant: style_adapter, path: ...}` in predict."""
     if module.trainable_adapter is None or not module.trainer.is_global_zero:
         return
-    from llm_dit.run import run_dir
-
     info = {**module.training_info, "global_step": module.global_step, "objective": vars(module.objective).copy()}
     folder = module.trainable_adapter.export(run_dir(module.trainer) / ADAPTER_FOLDER, info)
     module.exported_adapter = folder
