@@ -48,10 +48,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback
 from safetensors.torch import load_file, save_file
 
-from callbacks.metrics import is_number, item_row, table_rows
+from callbacks.metrics import RunSummaryCallback, is_number, item_row, table_rows
 from llm_dit.results.figures import cosine_matrix_figure, varies
 from llm_dit.run import run_dir
 
@@ -401,7 +400,7 @@ def drift_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, list[list[float
 # ----- the callback ------------------------------------------------------------------------
 
 
-class EmbeddingAnalysis(Callback):
+class EmbeddingAnalysis(RunSummaryCallback):
     """Stores each generated (prompt, condition)'s caption-feature summary; writes embedding_analysis.json.
 
     The summary covers every (prompt, condition) of the merged results table
@@ -423,6 +422,7 @@ class EmbeddingAnalysis(Callback):
         self._local: list[dict[str, Any]] = []  # this run's items as table rows (see callbacks.metrics.table_rows)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
         self._stored, self._local = set(), []
 
     def on_predict_batch_end(
@@ -445,7 +445,7 @@ class EmbeddingAnalysis(Callback):
                 save_record(record, sidecar_path(run_dir(trainer), item.item_id, item.prompt_index), item.prompt)
                 self._stored.add(key)
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def summarize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = table_rows(trainer, self._local)
         if not trainer.is_global_zero or not rows:
             return

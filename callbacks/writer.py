@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import SaveConfigCallback
 from PIL import Image
 
+from callbacks.metrics import item_metrics
 from callbacks.progress import use_new_items_bar
 from callbacks.tensorboard_review import TensorBoardReview
 from llm_dit.outputs import GeneratedBatch, load_png
@@ -164,6 +165,7 @@ class StudyWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         folder = run_dir(trainer)
+        item_metrics(trainer, pl_module, prediction)  # every metric callback has scored this batch, whatever their order
         rows = []
         batch_ids = [item.item_id for item in prediction.items]
         warmup = not self._warmed_up and not all(prediction.resumed)  # timing summaries leave these rows out
@@ -279,10 +281,10 @@ class StudyWriter(BasePredictionWriter):
 
 
 def arrange_callbacks(trainer: L.Trainer, subcommand: str | None) -> None:
-    """The CLI's callback order for predict: metric callbacks, then the writers (they store what the
-    metric callbacks put into each batch, so they must see it last), then SaveConfigCallback (so a
-    run stopped by the writer's folder checks leaves config.yaml alone). Adds a StudyWriter when
-    none is configured, and a progress bar that counts new images only."""
+    """The CLI's callbacks for predict: adds a StudyWriter when none is configured and a progress
+    bar that counts new images only, and puts SaveConfigCallback after the writers (so a run stopped
+    by the writer's folder checks leaves config.yaml alone). Metric values do not depend on this
+    order: the writer pulls them through callbacks.metrics.item_metrics."""
     if subcommand == "predict":
         use_new_items_bar(trainer)
     callbacks = trainer.callbacks

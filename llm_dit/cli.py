@@ -154,8 +154,8 @@ class AdapterBaseCheck(Callback):
 
 
 def ensure_writer_last(trainer, subcommand: str | None) -> None:
-    """Add a StudyWriter to predict runs that have none, run writers after the metric callbacks,
-    and save config.yaml only once the writer has checked the run folder (callbacks.writer)."""
+    """Add a StudyWriter to predict runs that have none, and save config.yaml only once the writer
+    has checked the run folder (callbacks.writer.arrange_callbacks)."""
     arrange_callbacks(trainer, subcommand)
 
 
