@@ -24,7 +24,7 @@ from llm_dit.encoding.cache import EmbeddingCache, to_cpu
 from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.models.components import ZImageComponents
-from llm_dit.models.inspect import encoder_hidden_states, transformer_block_counts
+from llm_dit.models.config import ZImageConfig
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
 from llm_dit.outputs import GeneratedBatch, load_png
@@ -107,7 +107,7 @@ class ZImageModule(L.LightningModule):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        check_weights_source(weights, allow_pickle=allow_pickle)
+        check_weights_source(weights, allow_pickle=allow_pickle, text_encoder_override=text_encoder_override)
         compile_parts(compile)
         self.save_hyperparameters()
         self.components: ZImageComponents | None = None
@@ -147,8 +147,10 @@ class ZImageModule(L.LightningModule):
     def validate_study(self, study: Study) -> None:
         """Checks that need the model's shape (not its weights): hidden layers, surgery and
         skip-layer-guidance indices against the encoder's and transformer's block counts."""
-        hidden_states = encoder_hidden_states(self.hparams.weights)
-        blocks = transformer_block_counts(self.hparams.weights)
+        config = ZImageConfig.from_weights(self.hparams.weights, self.hparams.text_encoder_override,
+                                           self.hparams.allow_pickle)
+        hidden_states = None if config is None else config.hidden_states
+        blocks = None if config is None else config.block_counts
         checked = set()
         for item in study.items():
             key = (item.condition_index,)

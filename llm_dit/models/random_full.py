@@ -17,10 +17,13 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTran
 from transformers import Qwen3Config, Qwen3Model
 
 from llm_dit.models.components import ZImageComponents
-from llm_dit.models.single_file import FLUX_VAE_CONFIG, QWEN3_4B_CONFIG, ZIMAGE_TURBO_TRANSFORMER_CONFIG
-from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG, load_bundled_tokenizer
+from llm_dit.models.config import RANDOM_Z_IMAGE_TURBO
+from llm_dit.models.shapes import (
+    FLUX_VAE_CONFIG, QWEN3_4B_CONFIG, ZIMAGE_SCHEDULER_CONFIG, ZIMAGE_TURBO_TRANSFORMER_CONFIG,
+)
+from llm_dit.models.tiny import load_bundled_tokenizer
 
-RANDOM_PRESET = "random-z-image-turbo"
+RANDOM_PRESET = RANDOM_Z_IMAGE_TURBO
 
 
 def default_device() -> torch.device:
