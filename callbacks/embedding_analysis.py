@@ -19,7 +19,7 @@ in the run folder, read by the report and the TensorBoard review:
     token_counts:  per condition: template tokens, rows the DiT received, extra
                    tokens over the control.
     drift:         {layers, series}: context-refiner drift per block and condition,
-                   when the module recorded it (model.record_refiner_drift).
+                   when the module recorded it (model.predict.record_refiner_drift).
 
 Two ways to fill it: `EmbeddingAnalysis`, a callback, or
 `analyze_embeddings(encoder, study)`, which runs only the text encoder (no DiT,

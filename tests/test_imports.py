@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("llm_dit.errors", "llm_dit.quiet", "llm_dit.provenance", "llm_dit.world")),
     ("model", ("llm_dit.models", "llm_dit.encoding", "llm_dit.sampling", "llm_dit.accel")),
     ("studies and LightningModules", (
-        "llm_dit.study", "llm_dit.data", "llm_dit.outputs", "llm_dit.module", "llm_dit.training",
+        "llm_dit.study", "llm_dit.data", "llm_dit.outputs", "llm_dit.module", "llm_dit.module_settings", "llm_dit.training",
         "llm_dit.fit_data", "llm_dit.results", "llm_dit.resume", "llm_dit.run", "llm_dit.run_guard",
         "llm_dit.world_model", "llm_dit.lab",
     )),

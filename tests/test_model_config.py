@@ -104,7 +104,7 @@ def test_encoder_override_is_checked_before_loading(tmp_path):
     with pytest.raises(ShapeMismatchError, match=r"hidden size 48 .* takes 32-wide"):
         check_weights_source("tiny-random", text_encoder_override=str(wide))  # no weights there: nothing loaded
     with pytest.raises(ShapeMismatchError, match=r"hidden size 48"):
-        ZImageModule(weights="tiny-random", text_encoder_override=str(wide))
+        ZImageModule(weights="tiny-random", load={"text_encoder_override": str(wide)})
 
 
 def test_study_is_validated_against_the_override_encoder(tmp_path):
@@ -113,7 +113,7 @@ def test_study_is_validated_against_the_override_encoder(tmp_path):
     study = Study(name="s", prompts=["a"], seeds=[0], conditions=[{"name": "deep", "encoding": {"hidden_layer": -6}}])
     ZImageModule(weights="tiny-random").validate_study(study)  # the base encoder has 9
     with pytest.raises(ValueError, match="condition 'deep'"):
-        ZImageModule(weights="tiny-random", text_encoder_override=str(shallow)).validate_study(study)
+        ZImageModule(weights="tiny-random", load={"text_encoder_override": str(shallow)}).validate_study(study)
 
 
 def test_tiny_reads_the_embedded_folder_when_shipped(tmp_path, monkeypatch, tiny_components):

@@ -25,21 +25,20 @@ ADAPTER_FOLDER = "adapter"
 TRAINING_STAGES = ("fit", "validate")
 
 
-def init_training(module: Any, adapter: Any, objective: Any, validation_prompts: list[str] | None,
-                  validation_seeds: list[int] | None, validation_sampler: dict[str, Any] | None) -> None:
-    """Validate the training options (config time: no model yet) and keep them on the module."""
-    module.adapter_config = AdapterConfig.coerce(adapter)
-    module.objective = FlowMatchObjective.coerce(objective)
+def init_training(module: Any, fit: Any) -> None:
+    """Validate the training options (module.fit_settings; config time: no model yet) and keep them on the module."""
+    module.adapter_config = AdapterConfig.coerce(fit.adapter)
+    module.objective = FlowMatchObjective.coerce(fit.objective)
     module.validation_settings = ValidationSettings(
-        list(validation_prompts or []), list(validation_seeds or [0]), dict(validation_sampler or {})
+        list(fit.validation_prompts or []), list(fit.validation_seeds or [0]), dict(fit.validation_sampler or {})
     )
     module.trainable_adapter = None
     module.training_info = {}
     if module.adapter_config is not None:
         module.strict_loading = False  # checkpoints hold the adapter's tensors only
     # Plain data in hparams: checkpoints then load with weights_only and hparams.yaml stays readable.
-    module.hparams["adapter"] = None if module.adapter_config is None else module.adapter_config.to_dict()
-    module.hparams["objective"] = vars(module.objective).copy()
+    module.hparams["fit"]["adapter"] = None if module.adapter_config is None else module.adapter_config.to_dict()
+    module.hparams["fit"]["objective"] = vars(module.objective).copy()
 
 
 def configure_training(module: Any) -> None:
@@ -52,7 +51,7 @@ def configure_training(module: Any) -> None:
     module.trainable_adapter = TrainableAdapter(module.transformer, module.adapter_config)
     freeze(module.text_encoder)
     freeze(module.vae)
-    if module.hparams.get("gradient_checkpointing"):
+    if module.fit_settings.gradient_checkpointing:
         module.transformer.enable_gradient_checkpointing()
     _prepare_data(module, trainer)
 
@@ -119,7 +118,7 @@ def _captions(module: Any, batch: dict[str, Any]) -> list[torch.Tensor]:
 def configure_optimizers(module: Any) -> dict[str, Any]:
     """AdamW over the adapter's parameters only, with optional linear warmup per optimizer step."""
     if module.trainable_adapter is None:
-        raise ValueError("fit trains a context-refiner style adapter: set model.adapter, e.g. {variant: lora, rank: 16}")
+        raise ValueError("fit trains a context-refiner style adapter: set model.fit.adapter, e.g. {variant: lora, rank: 16}")
     config = module.adapter_config
     optimizer = torch.optim.AdamW(module.trainable_adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if not config.warmup_steps:
@@ -151,7 +150,7 @@ def on_load_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     if missing:
         raise ValueError(
             f"the checkpoint lacks {len(missing)} adapter tensor(s), e.g. {missing[0]}: it was saved with another "
-            f"model.adapter configuration than {module.adapter_config.to_dict()}"
+            f"model.fit.adapter configuration than {module.adapter_config.to_dict()}"
         )
 
 
