@@ -52,7 +52,7 @@ from safetensors.torch import load_file, save_file
 
 from callbacks.metrics import RunSummaryCallback, is_number, item_row, table_rows
 from llm_dit.results.figures import cosine_matrix_figure, varies
-from llm_dit.run import run_dir
+from llm_dit.run_folder import run_dir
 
 ANALYSIS_FILE = "embedding_analysis.json"
 FIGURE_FILE = "figures/cosine_matrix.png"

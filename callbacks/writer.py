@@ -38,7 +38,7 @@ from llm_dit.resume import (
     ResumePlan, changed_settings_error, fingerprint, item_settings, model_fingerprint_changes, model_settings,
     plan_resume,
 )
-from llm_dit.run import RunFolderLock, components_fingerprint, run_dir, write_run_record
+from llm_dit.run_folder import RunFolderLock, components_fingerprint, run_dir, write_run_record
 from llm_dit.run_guard import PeerWatchdog, RunStopped, StopSignals, is_peer_failure, peer_lost
 
 RESUME_HINT = "The images written so far are kept: run the same command again to resume."

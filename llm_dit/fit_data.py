@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from llm_dit.encoding.options import EncodingOptions
-from llm_dit.run import model_fingerprint, run_dir
+from llm_dit.run_folder import model_fingerprint, run_dir
 from llm_dit.sampling.settings import LATENT_MULTIPLE
 from llm_dit.training.synthetic_style import write_synthetic_style
 from llm_dit.world_model.style_data import write_world_style_dataset

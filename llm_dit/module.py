@@ -35,7 +35,7 @@ from llm_dit.sampling.euler import decode_latents, denoise, initial_noise
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.sampling.step_cache import StepCache
 from llm_dit.study import Study, StudyItem
-from llm_dit.training import hooks as training
+from llm_dit.training import lifecycle as training
 from surgery.cache import tensor_version
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 
 from llm_dit.module_settings import flat_options
-from llm_dit.run import RunFolderError
+from llm_dit.run_folder import RunFolderError
 from llm_dit.study import StudyItem
 
 #: Module options that change an image's pixels (cache_refiner and share_steps do not: bit-identical).

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import surgery
-from llm_dit.encoding.long_prompts import generate_prompts
+from llm_dit.encoding.long_prompt_generator import generate_prompts
 from llm_dit.encoding.manipulations import get_prompt_transform
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.prompt_spec import PromptSpec

@@ -20,7 +20,7 @@ from llm_dit.encoding.encoder import ZImageTextEncoder
 from llm_dit.fit_data import ImageCaptionDataModule, encode_latents, find_examples, load_image
 from llm_dit.models import build_tiny_components
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
-from llm_dit.run import model_fingerprint
+from llm_dit.run_folder import model_fingerprint
 from llm_dit.sampling.euler import denoise
 from llm_dit.sampling.schedule import make_scheduler, shifted_sigmas
 from llm_dit.training import FlowMatchObjective, flow_matching_loss, noisy_latents, sample_sigmas, shift_sigmas, velocity_target

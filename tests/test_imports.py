@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("llm_dit.models", "llm_dit.encoding", "llm_dit.sampling", "llm_dit.accel")),
     ("studies and LightningModules", (
         "llm_dit.study", "llm_dit.data", "llm_dit.outputs", "llm_dit.module", "llm_dit.module_settings", "llm_dit.training",
-        "llm_dit.fit_data", "llm_dit.results", "llm_dit.resume", "llm_dit.run", "llm_dit.run_guard",
+        "llm_dit.fit_data", "llm_dit.results", "llm_dit.resume", "llm_dit.run_folder", "llm_dit.run_guard",
         "llm_dit.world_model", "llm_dit.lab",
     )),
     ("callbacks", ("callbacks",)),

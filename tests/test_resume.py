@@ -20,7 +20,7 @@ from callbacks.writer import StudyWriter, read_rows
 from llm_dit.data import StudyDataModule, group_into_batches
 from llm_dit.module import ZImageModule
 from llm_dit.module_settings import group_options
-from llm_dit.run import RunFolderError
+from llm_dit.run_folder import RunFolderError
 from llm_dit.study import Study
 
 pytestmark = pytest.mark.usefixtures("one_thread")

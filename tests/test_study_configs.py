@@ -261,7 +261,7 @@ def test_adapter_predict_config_reads_what_fit_writes(monkeypatch, tmp_path, cap
     from types import SimpleNamespace
 
     from llm_dit.cli import ADAPTER_PREDICT_CONFIG, StudyCLI
-    from llm_dit.training.hooks import ADAPTER_FOLDER
+    from llm_dit.training.lifecycle import ADAPTER_FOLDER
 
     fit = load(ROOT / "configs" / "refiner_style_adapter.yaml")
     written = f"lightning_logs/{fit['data']['init_args']['run_name']}/{ADAPTER_FOLDER}"

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Model
 
-from llm_dit.encoding.long_prompt import fit_to_length
+from llm_dit.encoding.compression import fit_to_length
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.template import SEGMENT_LABELS, TemplatedPrompt, tokenize_chat
 from llm_dit.models.tiny import build_tiny_components, load_bundled_tokenizer

@@ -1,7 +1,7 @@
 """PromptSpec: one prompt as a study lists it and the prompt generators make it.
 
 It lives in the model layer, below the study, so that prompt generators
-(llm_dit.encoding.long_prompts) can build prompts without importing the study.
+(llm_dit.encoding.long_prompt_generator) can build prompts without importing the study.
 """
 
 from __future__ import annotations

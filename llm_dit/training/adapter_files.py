@@ -36,7 +36,7 @@ class AdapterSpec:
 
     Attributes:
         variant: "lora", "full" or "extra_blocks".
-        base_fingerprint: llm_dit.run.model_fingerprint of the base transformer (no adapter).
+        base_fingerprint: llm_dit.run_folder.model_fingerprint of the base transformer (no adapter).
         portable_fingerprint: the same, independent of the weights' dtype.
         base_blocks: number of blocks in the base target list.
         target: the block list the adapter replaces (the context refiner).

@@ -1,4 +1,4 @@
-"""What ZImageModule's training hooks do; the module only delegates here.
+"""The fit lifecycle of ZImageModule: what its training hooks do (the module only delegates here).
 
 Order within a fit (Lightning 2.6): datamodule.setup -> configure_model (loads
 the weights, then `configure_training`: adapter swapped in, caption/latent cache
@@ -15,7 +15,7 @@ import torch
 
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.models.placement import free_text_encoder, release_cached_memory
-from llm_dit.run import run_dir
+from llm_dit.run_folder import run_dir
 from llm_dit.training.adapters import TrainableAdapter, freeze
 from llm_dit.training.config import AdapterConfig, FlowMatchObjective
 from llm_dit.training.objective import draw_noise, flow_matching_loss, validation_noise
