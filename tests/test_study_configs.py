@@ -214,7 +214,7 @@ def test_refiner_configs_record_drift_and_parse_surgery(studies):
     import surgery
 
     for name in ("refiner_skip", "refiner_depth", "refiner_layerwise"):
-        assert load(ROOT / "configs" / f"{name}.yaml")["model"]["record_refiner_drift"] is True
+        assert load(ROOT / "configs" / f"{name}.yaml")["model"]["predict"]["record_refiner_drift"] is True
         for condition in studies[name].resolved_conditions():
             surgery.validate_specs(surgery.parse_specs(condition.surgery))
     variants = {c.name: [s["variant"] for s in c.surgery] for c in studies["refiner_depth"].resolved_conditions()}
