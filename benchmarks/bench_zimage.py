@@ -760,11 +760,11 @@ def main() -> None:
 
     if "compiled_b1" in o and bench.ready("refiner_cache_ab", needs=20):
         with bench.section("refiner_cache_ab"):
-            module.hparams.cache_refiner = False
+            module.speed_settings.cache_refiner = False
             try:
                 o["compiled_b1_refiner_uncached"] = timed_runs(lambda: ours.run(ours.batch(1)), 3)
             finally:
-                module.hparams.cache_refiner = True
+                module.speed_settings.cache_refiner = True
 
     if bench.ready("ours_study", needs=70):
         with bench.section("ours_study"):

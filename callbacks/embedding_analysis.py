@@ -19,7 +19,7 @@ in the run folder, read by the report and the TensorBoard review:
     token_counts:  per condition: template tokens, rows the DiT received, extra
                    tokens over the control.
     drift:         {layers, series}: context-refiner drift per block and condition,
-                   when the module recorded it (model.record_refiner_drift).
+                   when the module recorded it (model.predict.record_refiner_drift).
 
 Two ways to fill it: `EmbeddingAnalysis`, a callback, or
 `analyze_embeddings(encoder, study)`, which runs only the text encoder (no DiT,
@@ -48,10 +48,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Callback
 from safetensors.torch import load_file, save_file
 
-from callbacks.metrics import is_number, item_row, table_rows
+from callbacks.metrics import RunSummaryCallback, is_number, item_row, table_rows
+from llm_dit.results.figures import cosine_matrix_figure, varies
+from llm_dit.run_folder import run_dir
 
 ANALYSIS_FILE = "embedding_analysis.json"
 FIGURE_FILE = "figures/cosine_matrix.png"
@@ -307,8 +308,6 @@ def write_analysis(result: dict[str, Any], folder: Path) -> tuple[Path, Any]:
     number: conditions that share one encoding (surgery or sampler studies) can
     only show 1.0 there, which says nothing.
     """
-    from callbacks.figures import varies
-
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ANALYSIS_FILE
     temporary = path.with_suffix(".tmp")
@@ -326,9 +325,7 @@ def write_analysis(result: dict[str, Any], folder: Path) -> tuple[Path, Any]:
 
 
 def cosine_figure(names: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> Any:
-    """The shared figure builder (callbacks.figures), with None cells as NaN."""
-    from callbacks.figures import cosine_matrix_figure
-
+    """The shared figure builder (llm_dit.results.figures), with None cells as NaN."""
     values = [[float("nan") if v is None else v for v in row] for row in matrix]
     return cosine_matrix_figure(list(names), values)
 
@@ -403,7 +400,7 @@ def drift_from_rows(rows: Iterable[dict[str, Any]]) -> dict[str, list[list[float
 # ----- the callback ------------------------------------------------------------------------
 
 
-class EmbeddingAnalysis(Callback):
+class EmbeddingAnalysis(RunSummaryCallback):
     """Stores each generated (prompt, condition)'s caption-feature summary; writes embedding_analysis.json.
 
     The summary covers every (prompt, condition) of the merged results table
@@ -425,13 +422,12 @@ class EmbeddingAnalysis(Callback):
         self._local: list[dict[str, Any]] = []  # this run's items as table rows (see callbacks.metrics.table_rows)
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
         self._stored, self._local = set(), []
 
     def on_predict_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        from llm_dit.run import run_dir
-
         embeddings = getattr(outputs, "embeddings", None) or []
         encodings = getattr(outputs, "encodings", None) or []
         resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
@@ -449,9 +445,7 @@ class EmbeddingAnalysis(Callback):
                 save_record(record, sidecar_path(run_dir(trainer), item.item_id, item.prompt_index), item.prompt)
                 self._stored.add(key)
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from llm_dit.run import run_dir
-
+    def summarize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = table_rows(trainer, self._local)
         if not trainer.is_global_zero or not rows:
             return

@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
 from callbacks.metrics import (
+    RunSummaryCallback,
     TypedListMetric,
     compute_quietly,
     gather_dict,
@@ -127,7 +128,7 @@ class RandomFeatureNet(torch.nn.Module):
         return self.net(images.float() / 255.0)
 
 
-class FidCallback(Callback):
+class FidCallback(RunSummaryCallback):
     """FID of each condition's images vs ``reference_dir``; written to set_metrics.json as "fid".
 
     Args:
@@ -217,6 +218,7 @@ class FidCallback(Callback):
 
     @torch.no_grad()
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
         self._summary, self._condition_names, self._metric = None, {}, None
         self._skip_reason = self._build()  # already built by setup: returns the same answer
         if self._skip_reason:
@@ -264,7 +266,7 @@ class FidCallback(Callback):
                 }
         return self._summary
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def summarize(self, trainer: Trainer, pl_module: LightningModule) -> None:
         summary = self.condition_summary().get(self.name)
         if summary is None:
             return

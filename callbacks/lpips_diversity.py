@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from callbacks.metrics import KeyedImages, compute_quietly, gather_dict, item_keys, run_dir_of, update_set_metrics
+from callbacks.metrics import KeyedImages, RunSummaryCallback, compute_quietly, gather_dict, item_keys, run_dir_of, update_set_metrics
 from callbacks.weights import weights_error
 
 _TORCHVISION = {
@@ -83,7 +83,7 @@ def cached_backbone(net: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
-class LpipsDiversityCallback(Callback):
+class LpipsDiversityCallback(RunSummaryCallback):
     """Mean pairwise LPIPS across seeds per (condition, prompt); set_metrics.json "lpips_diversity".
 
     Args:
@@ -149,6 +149,7 @@ class LpipsDiversityCallback(Callback):
         return None
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
         self._summary, self._condition_names, self._images = None, {}, None
         if self._model is None:
             self.check_before_run()
@@ -208,7 +209,7 @@ class LpipsDiversityCallback(Callback):
             out.append(self._model(a, b).reshape(-1))
         return torch.cat(out)
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def summarize(self, trainer: Trainer, pl_module: LightningModule) -> None:
         summary = self.condition_summary().get(self.name)
         run_dir = run_dir_of(trainer)
         if summary is None or not trainer.is_global_zero or run_dir is None:

@@ -17,9 +17,12 @@ states, synced by ``compute()``. Two torchmetrics details shape this module:
 its metrics up front (``metric_names``) and implements ``score``. The base class
 
 * scores the items generated in this batch and writes the values into
-  ``GeneratedBatch.metrics`` in ``on_predict_batch_end`` (the prediction writer,
-  which runs after the metric callbacks, stores them as ``metric.<name>``
-  columns of results.jsonl);
+  ``GeneratedBatch.metrics``, once per batch, whichever asks first: its own
+  ``on_predict_batch_end``, or a consumer of the values (the prediction writer,
+  TensorBoardReview) calling ``item_metrics(trainer, pl_module, outputs)``
+  before it reads them. That is the one path from metric callbacks to the
+  results table (``metric.<name>`` columns), and it does not depend on the
+  order of ``trainer.callbacks``;
 * never scores a resumed item (an image read back from its 8-bit PNG): it hands
   on the values stored in that item's row when it was generated, so a resume
   cannot move a number;
@@ -42,6 +45,7 @@ import json
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
+
+from llm_dit.results.table import all_rows
 
 SET_METRICS_FILE = "set_metrics.json"
 
@@ -280,8 +286,6 @@ def table_rows(trainer: Any, local_rows: Iterable[dict[str, Any]] = ()) -> list[
         for row in part:
             merged.setdefault(str(row["item_id"]), {}).update(row)
     if run_dir is not None:
-        from callbacks.writer import all_rows
-
         for item_id, row in all_rows(run_dir).items():
             merged[str(item_id)] = {**merged.get(str(item_id), {}), **row}
     return sorted_rows(merged.values())
@@ -326,7 +330,43 @@ def column_summary(
     }
 
 
-class ItemMetricCallback(Callback):
+class RunSummaryCallback(Callback):
+    """A callback that writes run-level summaries at predict end (set_metrics.json,
+    embedding_analysis.json), from the whole results table.
+
+    ``summarize`` runs once per predict run: from this callback's own ``on_predict_end``, or
+    earlier when a reader of those files (TensorBoardReview) calls ``run_summaries`` first. So
+    what the reader sees never depends on the order of ``trainer.callbacks``. ``summarize`` is
+    collective (it gathers across ranks); ``run_summaries`` calls every summary in the
+    callbacks' order, the same on every rank.
+    """
+
+    _summarized = False
+
+    def summarize(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        raise NotImplementedError
+
+    def summarize_once(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._summarized:
+            return
+        self._summarized = True
+        self.summarize(trainer, pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._summarized = False
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.summarize_once(trainer, pl_module)
+
+
+def run_summaries(trainer: Trainer, pl_module: LightningModule) -> None:
+    """Make every summary callback of ``trainer`` write its files now (each once per run)."""
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if isinstance(callback, RunSummaryCallback):
+            callback.summarize_once(trainer, pl_module)
+
+
+class ItemMetricCallback(RunSummaryCallback):
     """Scores every generated item of every predict batch; subclasses implement ``score``."""
 
     #: reduction per metric for the per-condition summary ("mean" unless listed)
@@ -344,6 +384,7 @@ class ItemMetricCallback(Callback):
         self._local: dict[str, dict[str, Any]] = {}  # this run's items as table rows (see table_rows)
         self._summary: dict[str, dict[str, dict[str, float | int]]] | None = None
         self._warned = False
+        self._scored: weakref.ref | None = None  # the batch output scored last (see item_metrics)
 
     # -- subclass interface -------------------------------------------------
     @property
@@ -373,6 +414,7 @@ class ItemMetricCallback(Callback):
 
     # -- Lightning hooks ------------------------------------------------------
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_predict_start(trainer, pl_module)
         self.prepare(trainer, pl_module)
         self._summary = None
         self._stored = read_results_table(run_dir_of(trainer))
@@ -387,8 +429,16 @@ class ItemMetricCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if outputs is None or not outputs.items:
+        self.score_batch(outputs, pl_module)
+
+    def already_scored(self, outputs: Any) -> bool:
+        return self._scored is not None and self._scored() is outputs
+
+    def score_batch(self, outputs: Any, pl_module: LightningModule) -> None:
+        """Score ``outputs`` into ``outputs.metrics`` unless this batch was scored already."""
+        if outputs is None or not outputs.items or self.already_scored(outputs):
             return
+        self._scored = weakref.ref(outputs)
         resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
         fresh = [i for i, done in enumerate(resumed) if not done]
         scores = self.score(subset(outputs, fresh), pl_module.device) if fresh and self.enabled() else {}
@@ -405,7 +455,7 @@ class ItemMetricCallback(Callback):
             if name not in self.private_metrics and (any(v is not None for v in values) or self.enabled()):
                 outputs.metrics[name] = values
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def summarize(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rows = table_rows(trainer, self._local.values())
         run_dir = run_dir_of(trainer)
         if not trainer.is_global_zero or run_dir is None:
@@ -438,6 +488,19 @@ class ItemMetricCallback(Callback):
     def condition_summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
         """The summary written at predict end (rank 0; {} elsewhere and before predict end)."""
         return self._summary or {}
+
+
+def item_metrics(trainer: Trainer, pl_module: LightningModule, outputs: Any) -> dict[str, list[float | None]]:
+    """``outputs.metrics`` with every per-item metric callback of ``trainer`` in it.
+
+    Call before reading ``outputs.metrics`` (the writer and TensorBoardReview do): each
+    ``ItemMetricCallback`` scores a batch once, here or in its own batch-end hook, whichever
+    comes first, so the values are complete whatever the order of ``trainer.callbacks``.
+    """
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if isinstance(callback, ItemMetricCallback):
+            callback.score_batch(outputs, pl_module)
+    return outputs.metrics
 
 
 def subset(batch: Any, indices: list[int]) -> Any:

@@ -91,19 +91,23 @@ class SceneScoreCallback(ItemMetricCallback):
         self._overlays_sent = 0
         self._chance = {}
 
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def summarize(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._chance = gather_dict(self._chance)  # collective: every rank, before the summary is written
-        super().on_predict_end(trainer, pl_module)
+        super().summarize(trainer, pl_module)
 
     def chance(self, metric: str) -> float | None:
         """Chance level of ``metric`` over the run's prompts (mean over prompts that state such facts)."""
         values = [c[metric] for c in self._chance.values() if c.get(metric) is not None]
         return float(np.mean(values)) if values else None
 
+    def score_batch(self, outputs: Any, pl_module: LightningModule) -> None:
+        if not self.already_scored(outputs):
+            self._last_scores = []  # a batch with nothing new to score shows no overlays
+        super().score_batch(outputs, pl_module)
+
     def on_predict_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._last_scores = []
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         if self._last_scores and trainer.is_global_zero and self._overlays_sent < self.overlay_images:
             self._send_overlays(trainer, outputs)

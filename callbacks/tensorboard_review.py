@@ -23,8 +23,11 @@ the same values an uninterrupted run does. Timing leaves out warm-up rows.
   compression ratio vs quality per mode (Q5.6), and the cosine-similarity
   matrix / drift per layer when ``embedding_analysis.json`` is in the run dir.
 
-Place it after the metric callbacks: their summaries are in ``set_metrics.json``
-by the time it runs. Grids are read back from the PNGs of the table's rows.
+Its place among the callbacks does not matter: per-item values come through
+``callbacks.metrics.item_metrics``, and the summaries it shows are read from the
+results table at predict end, after every metric callback has written its own
+(``on_predict_end`` runs the metric callbacks' ``table_rows`` collectives first only
+in the sense that each callback computes from the table, not from the others). Grids are read back from the PNGs of the table's rows.
 ``StudyWriter(log_grids=True)`` logs full-resolution grids of every prompt under
 ``grid/<condition>``; next to this callback, ``log_grids=False`` avoids the duplicate.
 """
@@ -44,20 +47,22 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 from torch import Tensor
 
-from callbacks import figures
+from llm_dit.results import figures
 from callbacks.metrics import (
     KeyedImages,
     compute_quietly,
     item_keys,
+    item_metrics,
     item_row,
     resize_square,
     run_dir_of,
+    run_summaries,
     table_rows,
     to_uint8,
 )
 from llm_dit.provenance import RANDOM_WEIGHTS_NOTE, weights_are_random
-from llm_dit.report.run_data import RunData
-from llm_dit.report.tables import quality_metric, study_figures
+from llm_dit.results.run_data import RunData
+from llm_dit.results.tables import quality_metric, study_figures
 
 
 class TensorBoardReview(Callback):
@@ -110,6 +115,7 @@ class TensorBoardReview(Callback):
     ) -> None:
         if outputs is None or not outputs.items:
             return
+        item_metrics(trainer, pl_module, outputs)  # whatever the callbacks' order
         resumed = list(getattr(outputs, "resumed", None) or [False] * len(outputs.items))
         for i, item in enumerate(outputs.items):
             row = {**_local_row(item), **{f"metric.{n}": v[i] for n, v in outputs.metrics.items() if i < len(v)}}
@@ -121,6 +127,7 @@ class TensorBoardReview(Callback):
             self._thumbs.update(keys, outputs.images[show])
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        run_summaries(trainer, pl_module)  # set_metrics.json and embedding_analysis.json first, whatever the order
         rows = table_rows(trainer, self._local)  # collective: every rank waits here
         keys, pixels = compute_quietly(self._thumbs)  # collective too
         run_dir = run_dir_of(trainer)

@@ -26,17 +26,21 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import SaveConfigCallback
 from PIL import Image
 
-from llm_dit.outputs import GeneratedBatch
+from callbacks.metrics import item_metrics
+from callbacks.progress import use_new_items_bar
+from callbacks.tensorboard_review import TensorBoardReview
+from llm_dit.outputs import GeneratedBatch, load_png
+from llm_dit.results.table import RESULTS, all_rows, finished_items, parse_row, read_rows, table_paths
 from llm_dit.resume import (
     ResumePlan, changed_settings_error, fingerprint, item_settings, model_fingerprint_changes, model_settings,
     plan_resume,
 )
-from llm_dit.run import RunFolderLock, components_fingerprint, run_dir, write_run_record
+from llm_dit.run_folder import RunFolderLock, components_fingerprint, run_dir, write_run_record
 from llm_dit.run_guard import PeerWatchdog, RunStopped, StopSignals, is_peer_failure, peer_lost
 
-RESULTS = "results.jsonl"
 RESUME_HINT = "The images written so far are kept: run the same command again to resume."
 
 
@@ -133,8 +137,6 @@ class StudyWriter(BasePredictionWriter):
         self.mismatched_mates = []
         self._log_grids_now = self.log_grids is True
         if self.log_grids == "auto":
-            from callbacks.tensorboard_review import TensorBoardReview
-
             self._log_grids_now = not any(isinstance(c, TensorBoardReview) for c in trainer.callbacks)
         if self._signals is not None and self._signals.received:
             self._stop(trainer)  # asked to stop while the model loaded: before the first image
@@ -163,6 +165,7 @@ class StudyWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         folder = run_dir(trainer)
+        item_metrics(trainer, pl_module, prediction)  # every metric callback has scored this batch, whatever their order
         rows = []
         batch_ids = [item.item_id for item in prediction.items]
         warmup = not self._warmed_up and not all(prediction.resumed)  # timing summaries leave these rows out
@@ -201,8 +204,6 @@ class StudyWriter(BasePredictionWriter):
 
     def _check_mate(self, folder: Path, item_id: str, image: torch.Tensor) -> None:
         """A finished item regenerated with its batch: its pixels should equal the stored PNG."""
-        from llm_dit.module import load_png
-
         stored = load_png(self._finished[item_id])
         if not torch.equal(_to_uint8(stored), _to_uint8(image)):
             self.mismatched_mates.append(item_id)
@@ -265,8 +266,6 @@ class StudyWriter(BasePredictionWriter):
         """Each rank's grids hold only its items, so grids are built by rank 0 from the PNGs."""
         if not trainer.is_global_zero or trainer.logger is None:
             return
-        from llm_dit.module import load_png
-
         folder = run_dir(trainer)
         rows = read_rows(folder / RESULTS)
         by_condition: dict[str, list[dict]] = {}
@@ -282,14 +281,10 @@ class StudyWriter(BasePredictionWriter):
 
 
 def arrange_callbacks(trainer: L.Trainer, subcommand: str | None) -> None:
-    """The CLI's callback order for predict: metric callbacks, then the writers (they store what the
-    metric callbacks put into each batch, so they must see it last), then SaveConfigCallback (so a
-    run stopped by the writer's folder checks leaves config.yaml alone). Adds a StudyWriter when
-    none is configured, and a progress bar that counts new images only."""
-    from lightning.pytorch.cli import SaveConfigCallback
-
-    from callbacks.progress import use_new_items_bar
-
+    """The CLI's callbacks for predict: adds a StudyWriter when none is configured and a progress
+    bar that counts new images only, and puts SaveConfigCallback after the writers (so a run stopped
+    by the writer's folder checks leaves config.yaml alone). Metric values do not depend on this
+    order: the writer pulls them through callbacks.metrics.item_metrics."""
     if subcommand == "predict":
         use_new_items_bar(trainer)
     callbacks = trainer.callbacks
@@ -399,44 +394,6 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
-def _parse(line: str) -> dict[str, Any] | None:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return row if isinstance(row, dict) and "item_id" in row else None
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn line (crash or full disk mid-write) is skipped
-    (`repair_tables` reports and removes it at the next run's start)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        row = _parse(line)
-        if row is not None:
-            rows.append(row)
-    return rows
-
-
-def table_paths(folder: Path) -> list[Path]:
-    return [folder / RESULTS, *sorted(folder.glob("results.rank*.jsonl"))]
-
-
-def all_rows(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every row of the merged table and all shards, one per item id.
-
-    Every row written is complete, so a later row (shards after the merged table)
-    replaces an earlier one: an item made again replaces its old row whole.
-    """
-    rows: dict[str, dict[str, Any]] = {}
-    for path in table_paths(folder):
-        for row in read_rows(path):
-            rows[row["item_id"]] = row
-    return rows
-
-
 def repair_tables(folder: Path) -> list[str]:
     """Find torn lines in the tables, one message each, and fold the shards into a clean
     results.jsonl (call on rank 0 before any rank reads). The item of a torn row has no row
@@ -446,19 +403,13 @@ def repair_tables(folder: Path) -> list[str]:
         if not path.is_file():
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if line.strip() and _parse(line) is None:
+            if line.strip() and parse_row(line) is None:
                 match = re.search(r'"item_id":\s*"([^"]+)"', line)
                 which = f"; {match.group(1)} will be made again" if match else ""
                 problems.append(f"{path.name} line {number} is torn (a crash or a full disk mid-write): dropped it{which}")
     if problems or any(folder.glob("results.rank*.jsonl")):
         merge_shards(folder)
     return problems
-
-
-def finished_items(folder: Path, rows: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
-    """Item id -> PNG path for items whose row and image both exist."""
-    rows = all_rows(folder) if rows is None else rows
-    return {item_id: folder / row["image"] for item_id, row in rows.items() if (folder / row["image"]).is_file()}
 
 
 def merge_shards(folder: Path) -> None:

@@ -10,6 +10,7 @@ overrides such as `--model.init_args.weights /models/Z-Image-Turbo` or
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import sys
@@ -20,12 +21,15 @@ from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from llm_dit import errors
-from llm_dit.models.loading import transformer_config
-from llm_dit import quiet
+import surgery
+from callbacks.writer import arrange_callbacks
+from llm_dit import errors, quiet
+from llm_dit.models.loading import load_components, transformer_config
 from llm_dit.module import ZImageModule
+from llm_dit.report import export_ab_page, write_report
 from llm_dit.training.adapter_files import usage
 from llm_dit.training.style_adapter import check_adapters_base, check_adapters_fit, first_adapters
+from llm_dit.encode_study import encode_main
 
 PROG = "python -m llm_dit.cli"
 SUBCOMMANDS = {
@@ -153,10 +157,8 @@ class AdapterBaseCheck(Callback):
 
 
 def ensure_writer_last(trainer, subcommand: str | None) -> None:
-    """Add a StudyWriter to predict runs that have none, run writers after the metric callbacks,
-    and save config.yaml only once the writer has checked the run folder (callbacks.writer)."""
-    from callbacks.writer import arrange_callbacks
-
+    """Add a StudyWriter to predict runs that have none, and save config.yaml only once the writer
+    has checked the run folder (callbacks.writer.arrange_callbacks)."""
     arrange_callbacks(trainer, subcommand)
 
 
@@ -186,10 +188,6 @@ def cli_main(args: list[str] | None = None) -> StudyCLI | None:
 
 
 def _report(args: list[str]) -> None:
-    import argparse
-
-    from llm_dit.report import write_report
-
     parser = argparse.ArgumentParser(prog="python -m llm_dit.cli report", description="Write report.md for a finished run.")
     parser.add_argument("run_dir", help="a run folder: lightning_logs/<study name>")
     options = parser.parse_args(args)
@@ -197,10 +195,6 @@ def _report(args: list[str]) -> None:
 
 
 def _ab_page(args: list[str]) -> None:
-    import argparse
-
-    from llm_dit.report import export_ab_page
-
     parser = argparse.ArgumentParser(
         prog="python -m llm_dit.cli ab-page",
         description="Write ab_page.html: blind control-vs-condition pairs for a human preference study.",
@@ -215,11 +209,6 @@ def _ab_page(args: list[str]) -> None:
 
 
 def _hook_points(args: list[str]) -> None:
-    import argparse
-
-    import surgery
-    from llm_dit.models.loading import load_components
-
     parser = argparse.ArgumentParser(
         prog="python -m llm_dit.cli hook-points",
         description="List the block lists and blocks surgery can target and the modules probes can record.",
@@ -239,8 +228,6 @@ def _hook_points(args: list[str]) -> None:
 
 
 def _encode(args: list[str]) -> None:
-    from llm_dit.encode_study import encode_main
-
     encode_main(args)
 
 

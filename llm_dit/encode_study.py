@@ -71,8 +71,8 @@ def encode_batches(module: ZImageModule, batches: list[list[Any]], out: Path, de
     features depend on its batch mates (encoder_padding "diffusers" with a long-prompt mode, which
     pads a batch to its longest prompt), the saved features are the ones predict would compute.
     """
-    hparams = module.hparams
-    identity = encoder_identity(hparams.weights, hparams.text_encoder_override, hparams.tiny_seed, hparams.allow_pickle)
+    load = module.load_settings
+    identity = encoder_identity(module.hparams.weights, load.text_encoder_override, load.tiny_seed, load.allow_pickle)
     existing = read_manifest(out) if (out / MANIFEST).is_file() else None
     if existing is not None:
         problem = encoder_mismatch(existing.get("encoder") or {}, identity, out)
@@ -81,7 +81,7 @@ def encode_batches(module: ZImageModule, batches: list[list[Any]], out: Path, de
                                              "again with these weights", "encode into another folder"))
     module.configure_model()
     module.text_encoder.to(_device(device))
-    record = encoder_record(identity, module.text_encoder, hparams.encoder_padding)
+    record = encoder_record(identity, module.text_encoder, module.predict_settings.encoder_padding)
     if existing is not None:
         before = existing["encoder"]
         if (before.get("dtype"), before.get("padding")) != (record["dtype"], record["padding"]):

@@ -61,7 +61,7 @@ def user_message(error: BaseException, started: bool) -> str | None:
             return message
     if started:
         found = next((link for link in _chain(error) if isinstance(link, UserFacing)
-                      or getattr(link, "before_first_image", False)), None)  # run-folder errors (llm_dit.run)
+                      or getattr(link, "before_first_image", False)), None)  # run-folder errors (llm_dit.run_folder)
         return None if found is None else one_line(str(found))
     if not isinstance(error, INPUT_ERRORS) and not _is_argument_error(error):
         return None

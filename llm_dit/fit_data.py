@@ -29,13 +29,16 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
 from llm_dit.encoding.options import EncodingOptions
+from llm_dit.models.fingerprint import model_fingerprint
+from llm_dit.run_folder import run_dir
 from llm_dit.sampling.settings import LATENT_MULTIPLE
+from llm_dit.training.synthetic_style import write_synthetic_style
+from llm_dit.world_model.style_data import write_world_style_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_FILES = ("captions.json", "captions.csv")
 FILE_COLUMNS, CAPTION_COLUMNS = ("file", "image", "file_name", "filename"), ("caption", "text", "prompt")
 # Fixed noise levels of the validation loss: one per example, cycled (deterministic curve).
-VALIDATION_SIGMAS = (0.25, 0.5, 0.75, 0.9)
 
 
 @dataclass(frozen=True)
@@ -199,14 +202,10 @@ def examples_from_tensors(tensors: dict[str, torch.Tensor], count: int) -> Cache
 
 
 def _zstripe(folder: Path, resolution: int, seed: int) -> None:
-    from llm_dit.training.synthetic_style import write_synthetic_style
-
     write_synthetic_style(folder, count=16, size=max(64, resolution), seed=seed)
 
 
 def _world_striped(folder: Path, resolution: int, seed: int) -> None:
-    from llm_dit.world_model.style_data import write_world_style_dataset
-
     write_world_style_dataset(folder, count=256, size=resolution, seed=seed, style="striped")
 
 
@@ -278,8 +277,6 @@ class ImageCaptionDataModule(L.LightningDataModule):
 
     def prepare_cache(self, encoder: Any, vae: torch.nn.Module) -> Path:
         """Load the cache, building it first with `encoder` (ZImageTextEncoder) and `vae` if missing."""
-        from llm_dit.run import model_fingerprint
-
         self.setup("fit")
         key = cache_key(self.examples, self.resolution, self.encoding_options,
                         [model_fingerprint(encoder.text_encoder), model_fingerprint(vae)])
@@ -297,8 +294,6 @@ class ImageCaptionDataModule(L.LightningDataModule):
         if self.cache_dir is not None:
             return Path(self.cache_dir).expanduser()
         if self.trainer is not None:
-            from llm_dit.run import run_dir
-
             return run_dir(self.trainer) / "cache"
         return self.folder / ".llm_dit_cache"
 
@@ -317,16 +312,9 @@ class ImageCaptionDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        """A fixed subset with fixed noise and sigmas (see `validation_noise`): a comparable loss curve."""
+        """A fixed subset with fixed noise and sigmas (see llm_dit.training.objective.validation_noise): a comparable loss curve."""
         subset = self._cached().subset(self.val_examples)
         return DataLoader(subset, batch_size=self.batch_size, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
 
     def state_dict(self) -> dict[str, Any]:
         return {"folder": str(self.folder), "examples": len(self.examples or []), "resolution": self.resolution}
-
-
-def validation_noise(index: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise (seeded by the example index) and a fixed sigma per example, for the validation loss."""
-    noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(i))) for i in index])
-    sigma = torch.tensor([VALIDATION_SIGMAS[int(i) % len(VALIDATION_SIGMAS)] for i in index])
-    return noise.to(latents.device), sigma.to(latents.device)

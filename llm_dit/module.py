@@ -16,9 +16,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from PIL import Image
 
 import surgery
+from llm_dit.accel import accelerate, compile_text_encoder, compile_vae_decoder
 from llm_dit.accel.compile import compile_parts
 from llm_dit.accel.refiner_cache import cache_context_refiner, tensor_version
 from llm_dit.encoding.cache import EmbeddingCache, item_keys, to_cpu
@@ -26,16 +26,19 @@ from llm_dit.encoding.encoder import EncodedPrompt, ZImageTextEncoder
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.saved import SavedEmbeddings
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.config import ZImageConfig
 from llm_dit.models.loading import check_weights_source, load_components
 from llm_dit.models.placement import Placement
 from llm_dit.models.without_encoder import load_components_without_text_encoder
-from llm_dit.outputs import GeneratedBatch
+from llm_dit.module_settings import (
+    FitSettings, LoadSettings, PredictSettings, SpeedSettings, coerce, flat_options, plain,
+)
+from llm_dit.outputs import GeneratedBatch, load_png
 from llm_dit.sampling.euler import decode_latents, denoise, initial_noise, vae_scale_factor
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.sampling.step_cache import StepCache
 from llm_dit.study import Study, StudyItem
-from llm_dit.training import hooks as training
-from llm_dit.training.config import AdapterConfig, FlowMatchObjective
+from llm_dit.training import lifecycle as training
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,88 +47,65 @@ class ZImageModule(L.LightningModule):
     """Z-Image-Turbo (or the embedded tiny model) as a LightningModule.
 
     Args:
-        weights: "tiny" (embedded, no download), a diffusers-format Z-Image folder, or a hub id.
+        weights: "tiny" (embedded, no download), "tiny-random", "random-z-image-turbo", a
+            diffusers-format Z-Image folder, a folder of single-file checkpoints, or a hub id.
         dtype: weights dtype: float32 | bfloat16 | float16.
-        tiny_seed: seed of the tiny preset's random weights.
-        cache_refiner: reuse the context refiner's output across steps (bit-identical).
-        record_refiner_drift: probe the context refiner and report per-layer token drift (mean
-            cosine of each caption row before vs after the block, at the first step; pad rows excluded).
-        progress: show a per-step progress bar inside each batch.
-        encoder_padding: "none" encodes each prompt unpadded (no wasted work, and a
-            prompt's features never depend on its batch-mates); "diffusers" pads the
-            batch to max_length as ZImagePipeline does (bit-identical to it).
-        adapter: `fit` only: the context-refiner style adapter to train (variant lora | full |
-            extra_blocks, rank, alpha, learning_rate, ...; see llm_dit.training.AdapterConfig).
-        objective: `fit` only: flow-matching sigma sampling (see llm_dit.training.FlowMatchObjective).
-        gradient_checkpointing: `fit` only: recompute block activations in backward (less memory).
-        validation_prompts: `fit` only: prompts sampled at every validation, logged as a TensorBoard grid.
-        validation_seeds: `fit` only: one grid column per seed.
-        validation_sampler: `fit` only: SamplerSettings overrides for those samples (size defaults
-            to the training resolution). How often: trainer.val_check_interval.
-        compile: torch.compile; True compiles the DiT blocks (regional, shape-generic: no
-            recompiles across prompts), the text encoder's layers and the VAE decoder; a list
-            picks parts ("dit", "encoder", "vae"). Same images up to bf16 rounding (llm_dit.accel).
-        share_steps: predict only: conditions whose schedules start alike (shift and step
-            sweeps all start at sigma = 1) compute those steps once per prompt and seed
-            (llm_dit.sampling.step_cache; bit-identical images).
-        attention_backend: the DiT's attention kernel: None (diffusers' default), "auto"
-            (cuDNN on Hopper), or a diffusers backend name such as "_native_cudnn".
-        fp8: opt-in float8 linears in the DiT (H100/H200; generation only); changes images slightly.
-        free_encoder_after_encoding: predict only: encode every prompt of the study first, then
-            free the text encoder (~8 GB for Qwen3-4B), before any image is generated.
-        placement: dtype per component and VAE tiling (llm_dit.models.Placement). Under the
-            CLI the trainer decides the device; per-component devices and offload apply when
-            the components are used directly (`load_components(..., placement=...)`).
-        text_encoder_override: another encoder of the same hidden size (folder or single file),
-            e.g. Qwen3-Embedding-4B, swapped in for the next ablation.
-        allow_pickle: accept pickle checkpoints (.bin/.pt/.ckpt); off because they can run code.
         embeddings: predict only: a saved-embeddings folder (`python -m llm_dit.cli encode`): prompts
             are read from it and the text encoder is never loaded (llm_dit.encoding.saved). Features of
             another encoder are refused before any model loads.
+        load: how the weights load (LoadSettings: tiny_seed, placement, text_encoder_override, allow_pickle).
+        speed: speed options (SpeedSettings: compile, attention_backend, fp8, cache_refiner, share_steps).
+        predict: predict behaviour (PredictSettings: encoder_padding, record_refiner_drift,
+            free_encoder_after_encoding, progress).
+        fit: the style adapter that `fit` trains (FitSettings: adapter, objective, gradient_checkpointing,
+            validation_prompts, validation_seeds, validation_sampler).
+
+    Each group takes its dataclass or a dict of its fields (llm_dit.module_settings documents them).
     """
 
     def __init__(
         self,
         weights: str = "tiny",
         dtype: str = "float32",
-        tiny_seed: int = 0,
-        cache_refiner: bool = True,
-        record_refiner_drift: bool = False,
-        progress: bool = False,
-        encoder_padding: str = "none",
-        adapter: AdapterConfig | None = None,
-        objective: FlowMatchObjective | None = None,
-        gradient_checkpointing: bool = False,
-        validation_prompts: list[str] | None = None,
-        validation_seeds: list[int] | None = None,
-        validation_sampler: dict[str, Any] | None = None,
-        compile: bool | list[str] = False,
-        share_steps: bool = True,
-        attention_backend: str | None = None,
-        fp8: bool = False,
-        free_encoder_after_encoding: bool = False,
-        placement: Placement | None = None,
-        text_encoder_override: str | None = None,
-        allow_pickle: bool = False,
         embeddings: str | None = None,
+        load: LoadSettings | None = None,
+        speed: SpeedSettings | None = None,
+        predict: PredictSettings | None = None,
+        fit: FitSettings | None = None,
     ) -> None:
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        check_weights_source(weights, allow_pickle=allow_pickle)
-        compile_parts(compile)
-        if embeddings is not None and adapter is not None:
+        self.load_settings: LoadSettings = coerce(LoadSettings, load, "load")
+        if isinstance(self.load_settings.placement, dict):  # from hparams.yaml / a checkpoint
+            self.load_settings.placement = Placement(**self.load_settings.placement)
+        self.speed_settings: SpeedSettings = coerce(SpeedSettings, speed, "speed")
+        self.predict_settings: PredictSettings = coerce(PredictSettings, predict, "predict")
+        self.fit_settings: FitSettings = coerce(FitSettings, fit, "fit")
+        load_settings = self.load_settings
+        check_weights_source(weights, allow_pickle=load_settings.allow_pickle,
+                             text_encoder_override=load_settings.text_encoder_override)
+        compile_parts(self.speed_settings.compile)
+        if embeddings is not None and self.fit_settings.adapter is not None:
             raise ValueError("model.embeddings is for predict and serve; fit encodes its own captions and "
                              "validation prompts: leave --model.embeddings out")
         self.saved_embeddings = None if embeddings is None else SavedEmbeddings.open(
-            embeddings, weights, text_encoder_override, tiny_seed, allow_pickle)
-        self.save_hyperparameters()
+            embeddings, weights, load_settings.text_encoder_override, load_settings.tiny_seed, load_settings.allow_pickle)
+        # Plain data in hparams: checkpoints then load with weights_only and hparams.yaml stays readable.
+        self.save_hyperparameters({
+            "weights": weights, "dtype": dtype, "embeddings": embeddings, "load": plain(self.load_settings),
+            "speed": plain(self.speed_settings), "predict": plain(self.predict_settings), "fit": plain(self.fit_settings),
+        })
         self.components: ZImageComponents | None = None
         self.encoder: ZImageTextEncoder | None = None
         self.embedding_cache = EmbeddingCache()  # on the CPU; entries leave after their last planned use
         self.finished_items: dict[str, Path] = {}
         self.step_cache: StepCache | None = None
-        training.init_training(self, adapter, objective, validation_prompts, validation_seeds, validation_sampler)
+        training.init_training(self, self.fit_settings)
+
+    def options(self) -> dict[str, Any]:
+        """Every option by its own name, groups flattened (resume fingerprints compare these)."""
+        return flat_options(self.hparams)
 
     # ----- model ------------------------------------------------------------------
 
@@ -133,17 +113,16 @@ class ZImageModule(L.LightningModule):
         """Load weights lazily, so config errors surface before any model loads."""
         if self.components is not None:
             return
+        load = self.load_settings
         if self.saved_embeddings is not None:  # generate from saved features: never load the encoder
             components = load_components_without_text_encoder(
-                self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed,
-                placement=self.hparams.placement, allow_pickle=self.hparams.allow_pickle,
-                caption_dim=self.saved_embeddings.dim,
+                self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=load.tiny_seed,
+                placement=load.placement, allow_pickle=load.allow_pickle, caption_dim=self.saved_embeddings.dim,
             )
         else:
             components = load_components(
-                self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=self.hparams.tiny_seed,
-                placement=self.hparams.placement, text_encoder_override=self.hparams.text_encoder_override,
-                allow_pickle=self.hparams.allow_pickle,
+                self.hparams.weights, dtype=DTYPES[self.hparams.dtype], seed=load.tiny_seed, placement=load.placement,
+                text_encoder_override=load.text_encoder_override, allow_pickle=load.allow_pickle,
             )
         self.components = components
         # Registered as children so Lightning moves them to the device.
@@ -151,13 +130,11 @@ class ZImageModule(L.LightningModule):
         self.transformer = components.transformer
         self.vae = components.vae
         self.encoder = self.saved_embeddings or ZImageTextEncoder(
-            components.text_encoder, components.tokenizer, padding=self.hparams.encoder_padding)
-        parts = compile_parts(self.hparams.compile)
-        if parts or self.hparams.attention_backend or self.hparams.fp8:
-            from llm_dit.accel import accelerate, compile_text_encoder, compile_vae_decoder
-
-            accelerate(self.transformer, compile="dit" in parts,
-                       attention_backend=self.hparams.attention_backend, fp8=self.hparams.fp8)
+            components.text_encoder, components.tokenizer, padding=self.predict_settings.encoder_padding)
+        speed = self.speed_settings
+        parts = compile_parts(speed.compile)
+        if parts or speed.attention_backend or speed.fp8:
+            accelerate(self.transformer, compile="dit" in parts, attention_backend=speed.attention_backend, fp8=speed.fp8)
             if "encoder" in parts and self.text_encoder is not None:
                 compile_text_encoder(self.text_encoder)
             if "vae" in parts:
@@ -168,10 +145,10 @@ class ZImageModule(L.LightningModule):
         """Checks that need the model's shape (not its weights): hidden layers, surgery and
         skip-layer-guidance indices against the encoder's and transformer's block counts; with saved
         embeddings, that `items` (default: the whole study) are all saved."""
-        from llm_dit.models.inspect import encoder_hidden_states, transformer_block_counts
-
-        hidden_states = encoder_hidden_states(self.hparams.weights)
-        blocks = transformer_block_counts(self.hparams.weights)
+        config = ZImageConfig.from_weights(self.hparams.weights, self.load_settings.text_encoder_override,
+                                           self.load_settings.allow_pickle)
+        hidden_states = None if config is None else config.hidden_states
+        blocks = None if config is None else config.block_counts
         checked = set()
         for item in study.items():
             key = (item.condition_index,)
@@ -225,7 +202,7 @@ class ZImageModule(L.LightningModule):
         (None when nothing is shared, `share_steps` is off, or refiner drift is recorded,
         which needs every step to run)."""
         self.step_cache = None
-        if self.hparams.share_steps and not self.hparams.record_refiner_drift:
+        if self.speed_settings.share_steps and not self.predict_settings.record_refiner_drift:
             settings = {(item.sampler.steps, item.sampler.shift) for item in items}
             schedules = [make_scheduler(self.components.scheduler, steps, shift).sigmas.tolist() for steps, shift in settings]
             cache = StepCache.for_schedules(schedules)
@@ -237,7 +214,7 @@ class ZImageModule(L.LightningModule):
         if items is not None:
             self.plan_shared_steps(items)
             self.embedding_cache.plan(self._items_of_this_process(items))
-        if not self.hparams.free_encoder_after_encoding or self.saved_embeddings is not None:
+        if not self.predict_settings.free_encoder_after_encoding or self.saved_embeddings is not None:
             return
         if items is None:
             raise ValueError("free_encoder_after_encoding needs the study's items: run predict with a StudyDataModule")
@@ -330,9 +307,9 @@ class ZImageModule(L.LightningModule):
         with ExitStack() as stack:
             stack.enter_context(surgery.apply(self.transformer, surgery.parse_specs(list(first.surgery))))
             recorder = None
-            if self.hparams.record_refiner_drift:
+            if self.predict_settings.record_refiner_drift:
                 recorder = stack.enter_context(surgery.record_block_io(self.transformer, target="context_refiner"))
-            if self.hparams.cache_refiner:
+            if self.speed_settings.cache_refiner:
                 stack.enter_context(cache_context_refiner(self.transformer))
             latents = denoise(
                 self.transformer, scheduler, latents, cap_feats, sampler.guidance_scale, negative, slg,
@@ -356,11 +333,11 @@ class ZImageModule(L.LightningModule):
         guidance = (sampler.guidance_scale, sampler.negative_prompt if sampler.uses_cfg else None,
                     repr(sampler.skip_layer_guidance))
         weights = tuple((id(t), tensor_version(t)) for t in (*self.transformer.parameters(), *self.transformer.buffers()))
-        shared = (guidance, repr(list(items[0].surgery)), self.hparams.cache_refiner, self.transformer.dtype, weights)
+        shared = (guidance, repr(list(items[0].surgery)), self.speed_settings.cache_refiner, self.transformer.dtype, weights)
         return [(item.prompt, item.encoding, item.seed, item.sampler.height, item.sampler.width, shared) for item in items]
 
     def _progress_callback(self, item: StudyItem, steps: int):
-        if not self.hparams.progress:
+        if not self.predict_settings.progress:
             return None
         from tqdm.auto import tqdm
 
@@ -407,10 +384,3 @@ def _spread(values: list[Any], resumed: list[bool]) -> list[Any]:
     """Put per-generated-item values back at their batch positions (None for resumed)."""
     it = iter(values)
     return [None if done else next(it) for done in resumed]
-
-
-def load_png(path: Path) -> torch.Tensor:
-    """Read a PNG written by the writer back as [3,H,W] float32 in [0,1]."""
-    with Image.open(path) as image:
-        array = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-        return array.view(image.height, image.width, 3).permute(2, 0, 1).float() / 255.0

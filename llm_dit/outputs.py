@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from llm_dit.study import StudyItem
 
@@ -39,3 +41,10 @@ class GeneratedBatch:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def load_png(path: Path) -> torch.Tensor:
+    """Read a PNG written by the writer back as [3,H,W] float32 in [0,1]."""
+    with Image.open(path) as image:
+        array = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+        return array.view(image.height, image.width, 3).permute(2, 0, 1).float() / 255.0

@@ -23,7 +23,8 @@ from typing import Any
 
 from PIL import Image
 
-from llm_dit.run import RunFolderError
+from llm_dit.module_settings import flat_options
+from llm_dit.run_folder import RunFolderError
 from llm_dit.study import StudyItem
 
 #: Module options that change an image's pixels (cache_refiner and share_steps do not: bit-identical).
@@ -55,7 +56,8 @@ def model_settings(pl_module: Any) -> dict[str, Any] | None:
     hparams = getattr(pl_module, "hparams", None)
     if hparams is None or "weights" not in hparams:
         return None
-    return canonical({name: hparams.get(name) for name in NUMERIC_OPTIONS})
+    options = flat_options(hparams)
+    return canonical({name: options.get(name) for name in NUMERIC_OPTIONS})
 
 
 def item_settings(item: StudyItem, model: dict[str, Any] | None) -> dict[str, Any]:

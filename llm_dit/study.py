@@ -15,7 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import surgery
+from llm_dit.encoding.long_prompt_generator import generate_prompts
+from llm_dit.encoding.manipulations import get_prompt_transform
 from llm_dit.encoding.options import EncodingOptions
+from llm_dit.encoding.prompt_spec import PromptSpec
 from llm_dit.sampling.settings import SamplerSettings
 
 STUDY_KINDS = (
@@ -31,15 +35,6 @@ STUDY_KINDS = (
 VARIABLE_GROUPS = ("encoding", "sampler")
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0..2**64-1 (a negative seed would wrap around)
 NAME_CHARACTERS = r"A-Za-z0-9._=,+\-"  # '+' joins list values in grid names (hidden_layer=-1+-2)
-
-
-@dataclass
-class PromptSpec:
-    """One prompt; `type` (portrait / landscape / abstract ...) groups prompts in reports."""
-
-    text: str
-    type: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,8 +134,6 @@ class Study:
         if self.prompts_file:
             prompts += load_prompts_file(self.prompts_file)
         if self.prompt_generator:
-            from llm_dit.encoding.long_prompts import generate_prompts
-
             prompts += generate_prompts(**self.prompt_generator)
         return prompts
 
@@ -204,12 +197,8 @@ class Study:
             self.baseline_encoding().with_overrides(condition.encoding)
             self.baseline_sampler().with_overrides(condition.sampler)
             if condition.surgery:
-                import surgery
-
                 surgery.validate_specs(surgery.parse_specs(condition.surgery))
             if condition.prompt_transform:
-                from llm_dit.encoding.manipulations import get_prompt_transform
-
                 get_prompt_transform(condition.prompt_transform)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as error:
             raise ValueError(f"{where}: {error}") from None
@@ -230,8 +219,6 @@ class Study:
             sampler = self.baseline_sampler().with_overrides(condition.sampler)
             transform = None
             if condition.prompt_transform:
-                from llm_dit.encoding.manipulations import get_prompt_transform
-
                 transform = get_prompt_transform(condition.prompt_transform)
             for prompt_index, prompt in enumerate(prompts):
                 text = prompt.text

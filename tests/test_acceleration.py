@@ -508,7 +508,7 @@ def test_module_options_keep_images(guidance):
     batch = [items[0], items[2]]  # two prompts of different padded lengths, one condition
     plain = ZImageModule(weights="tiny-random")
     plain.configure_model()
-    fast = ZImageModule(weights="tiny-random", attention_backend="native")
+    fast = ZImageModule(weights="tiny-random", speed={"attention_backend": "native"})
     fast.configure_model()
     assert has_length_grouping(fast.transformer)
     assert not isinstance(fast.transformer.layers[0].attention.processor, ZImageRealRopeProcessor)  # eager: complex RoPE
@@ -525,7 +525,7 @@ def test_compiled_encoder_and_vae_keep_images():
     items = study_items().items()
     plain = ZImageModule(weights="tiny-random")
     plain.configure_model()
-    fast = ZImageModule(weights="tiny-random", compile=["encoder", "vae"])
+    fast = ZImageModule(weights="tiny-random", speed={"compile": ["encoder", "vae"]})
     fast.configure_model()
     assert all(is_compiled(layer) for layer in fast.text_encoder.layers) and is_compiled(fast.vae.decoder)
     assert not is_compiled(fast.transformer.layers[0])
@@ -544,7 +544,7 @@ def test_compile_parts_are_checked_before_loading():
     assert compile_parts(True) == ("dit", "encoder", "vae") and compile_parts(False) == ()
     assert compile_parts(["vae", "dit"]) == ("dit", "vae")
     with pytest.raises(ValueError, match="unknown part"):
-        ZImageModule(weights="tiny-random", compile=["dit", "refiner"])
+        ZImageModule(weights="tiny-random", speed={"compile": ["dit", "refiner"]})
 
 
 def test_module_fp8_is_close():
@@ -553,7 +553,7 @@ def test_module_fp8_is_close():
     items = study_items().items()[:2]
     plain = ZImageModule(weights="tiny-random")
     plain.configure_model()
-    fp8 = ZImageModule(weights="tiny-random", fp8=True)
+    fp8 = ZImageModule(weights="tiny-random", speed={"fp8": True})
     fp8.configure_model()
     reference, *_ = plain.generate(items)
     images, *_ = fp8.generate(items)
@@ -566,6 +566,7 @@ def test_free_encoder_after_encoding_gives_the_same_images(tmp_path):
     from llm_dit.data import StudyDataModule
     from llm_dit.models.placement import is_freed
     from llm_dit.module import ZImageModule
+    from llm_dit.module_settings import group_options
 
     class Collect(L.Callback):
         def __init__(self) -> None:
@@ -575,7 +576,7 @@ def test_free_encoder_after_encoding_gives_the_same_images(tmp_path):
             self.images.append(outputs.images)
 
     def predict(**options):
-        module, collect = ZImageModule(weights="tiny-random", **options), Collect()
+        module, collect = ZImageModule(weights="tiny-random", **group_options(**options)), Collect()
         trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, callbacks=[collect],
                             enable_progress_bar=False, enable_model_summary=False)
         trainer.predict(module, datamodule=StudyDataModule(study_items(4.0), batch_size=2), return_predictions=False)

@@ -18,7 +18,7 @@ from llm_dit.encoding import (
     render_chat_text,
     tokenize_chat,
 )
-from llm_dit.encoding.long_prompt import attention_pool, pool, pool_weights
+from llm_dit.encoding.compression import attention_pool, pool, pool_weights
 
 PROMPTS = [
     "a cat",

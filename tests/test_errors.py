@@ -94,8 +94,8 @@ CASES = [
     ("max_prompts_zero", ["--data.init_args.max_prompts", "0"], ["max_prompts", "got 0"]),
     ("dtype_unknown", ["--model.dtype", "float8"], ["dtype", "'float8'"]),
     ("weights_missing", ["--model.weights", "/no/such/weights"], ["weights", "/no/such/weights"]),
-    ("model_option_unknown", ["--model.init_args.speed", "2"], ["model.init_args.speed", "check its spelling"]),
-    ("compile_part_unknown", ["--model.compile", "[gpu]"], ["compile", "gpu"]),
+    ("model_option_unknown", ["--model.init_args.sped", "2"], ["model.init_args.sped", "check its spelling"]),
+    ("compile_part_unknown", ["--model.speed.compile", "[gpu]"], ["compile", "gpu"]),
 ]
 
 
@@ -138,8 +138,8 @@ def test_bad_input_is_one_error_line(no_model, tmp_path, capsys, extra, expected
 
 
 FIT_CASES = [
-    ("adapter_variant_unknown", ["--model.adapter.variant", "dora"], ["model.adapter", "one of lora, full, extra_blocks", "'dora'"]),
-    ("adapter_rank_zero", ["--model.adapter.rank", "0"], ["adapter.rank", "got 0"]),
+    ("adapter_variant_unknown", ["--model.fit.adapter.variant", "dora"], ["model.fit", "adapter", "one of lora, full, extra_blocks", "'dora'"]),
+    ("adapter_rank_zero", ["--model.fit.adapter.rank", "0"], ["adapter.rank", "got 0"]),
     ("fit_resolution_not_multiple_of_16", ["--data.init_args.resolution", "100"], ["resolution", "100", "nearest: 96"]),
 ]
 
@@ -266,7 +266,7 @@ def test_adapter_for_other_weights_of_the_same_size_stops_before_the_first_image
     monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
     path = export_adapter(base_transformer, tmp_path / "adapter")
     args = ["predict", "--config", str(BASELINE), "--trainer.default_root_dir", str(tmp_path / "runs"),
-            "--model.tiny_seed", "1", STUDY + "sampler.steps", "1", *adapter_condition(path)]
+            "--model.load.tiny_seed", "1", STUDY + "sampler.steps", "1", *adapter_condition(path)]
     code, lines = run_cli(args, capsys)
     (line,) = [line for line in lines if line.startswith("error:")]
     assert code == 2 and "was made for base model" in line and path in line

@@ -20,7 +20,7 @@ from llm_dit.encoding.encoder import ZImageTextEncoder
 from llm_dit.fit_data import ImageCaptionDataModule, encode_latents, find_examples, load_image
 from llm_dit.models import build_tiny_components
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
-from llm_dit.run import model_fingerprint
+from llm_dit.run_folder import model_fingerprint
 from llm_dit.sampling.euler import denoise
 from llm_dit.sampling.schedule import make_scheduler, shifted_sigmas
 from llm_dit.training import FlowMatchObjective, flow_matching_loss, noisy_latents, sample_sigmas, shift_sigmas, velocity_target
@@ -198,8 +198,8 @@ def fitted(tmp_path_factory):
         "fit", "--config", str(CONFIG), "--trainer.default_root_dir", str(root),
         "--trainer.enable_progress_bar", "false", "--trainer.max_steps", str(FIT_STEPS),
         "--trainer.val_check_interval", str(FIT_STEPS), "--trainer.num_sanity_val_steps", "0",
-        "--model.objective.fixed_noise_seed", "0", "--model.adapter.learning_rate", "0.01",
-        "--model.validation_sampler", "{steps: 2}", f"--trainer.callbacks+={__name__}.GradientAudit",
+        "--model.fit.objective.fixed_noise_seed", "0", "--model.fit.adapter.learning_rate", "0.01",
+        "--model.fit.validation_sampler", "{steps: 2}", f"--trainer.callbacks+={__name__}.GradientAudit",
         "--data.init_args.folder", str(root / "data"), "--data.init_args.batch_size", "8",
     ])
     yield cli, root / "lightning_logs" / RUN
@@ -272,7 +272,7 @@ def test_fit_resumes_from_its_adapter_only_checkpoint(fitted, tmp_path):
         "fit", "--config", str(CONFIG), "--trainer.default_root_dir", str(tmp_path),
         "--trainer.enable_progress_bar", "false", "--trainer.max_steps", str(FIT_STEPS + 2),
         "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
-        "--model.objective.fixed_noise_seed", "0",
+        "--model.fit.objective.fixed_noise_seed", "0",
         "--data.init_args.folder", str(run.parent.parent / "data"), "--data.init_args.batch_size", "8",
         "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
     ])

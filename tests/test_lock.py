@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from callbacks.writer import StudyWriter, read_rows
 from llm_dit.data import StudyDataModule
 from llm_dit.module import ZImageModule
-from llm_dit.run import RunFolderError, RunFolderLock
+from llm_dit.run_folder import RunFolderError, RunFolderLock
 from llm_dit.study import Study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +35,7 @@ def test_second_run_on_a_locked_folder_stops_before_loading(tmp_path, monkeypatc
     folder = tmp_path / "lightning_logs" / "locked"
     # the first run is another process
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from llm_dit.run import RunFolderLock; "
+        "import sys, time; from pathlib import Path; from llm_dit.run_folder import RunFolderLock; "
         f"lock = RunFolderLock(Path({str(folder)!r})); lock.acquire(); print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm_dit.encoding.long_prompts import (
+from llm_dit.encoding.long_prompt_generator import (
     ALL_CONSTRUCTIONS,
     DEFAULT_ELEMENTS,
     KEY_REGION_TOKENS,

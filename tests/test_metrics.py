@@ -28,12 +28,12 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from callbacks import figures
+from llm_dit.results import figures
 from callbacks.clip_score import ClipScoreCallback
 from callbacks.detail import DetailScoreCallback, laplacian_variance
 from callbacks.fid import ConditionFID, FidCallback, RandomFeatureNet
 from callbacks.lpips_diversity import LpipsDiversityCallback, seed_pairs
-from callbacks.metrics import ConditionValues, KeyedImages, compute_quietly, summarize
+from callbacks.metrics import ConditionValues, KeyedImages, compute_quietly, item_metrics, summarize
 from callbacks.tensorboard_review import TensorBoardReview
 from callbacks.weights import MetricWeightsError
 from callbacks.timing import TimingCallback
@@ -136,14 +136,14 @@ class FakeGenerator(L.LightningModule):
 
 
 class Recorder(L.Callback):
-    """Runs after the metric callbacks, as the writer does: keeps what reached batch.metrics."""
+    """Reads per-item metrics as the writer does (through item_metrics): keeps what reached batch.metrics."""
 
     def __init__(self) -> None:
         self.metrics: dict[str, dict[str, Any]] = {}
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         for i, item in enumerate(outputs.items):
-            self.metrics[item.item_id] = {k: v[i] for k, v in outputs.metrics.items()}
+            self.metrics[item.item_id] = {k: v[i] for k, v in item_metrics(trainer, pl_module, outputs).items()}
 
 
 def predict(

@@ -37,7 +37,7 @@ def plain() -> ZImageModule:
 @pytest.fixture(scope="module")
 def grouped() -> ZImageModule:
     """attention_backend='native' installs length grouping without compile (works on CPU)."""
-    module = ZImageModule(weights="tiny-random", record_refiner_drift=True, attention_backend="native")
+    module = ZImageModule(weights="tiny-random", predict={"record_refiner_drift": True}, speed={"attention_backend": "native"})
     module.configure_model()
     assert has_length_grouping(module.transformer)
     return module
@@ -78,7 +78,7 @@ def test_drift_counts_caption_rows_under_length_grouping(plain, grouped, guidanc
 
 
 def test_drift_without_grouping_matches(plain):
-    module = ZImageModule(weights="tiny-random", record_refiner_drift=True)
+    module = ZImageModule(weights="tiny-random", predict={"record_refiner_drift": True})
     module.configure_model()
     batch = items(0.0)
     _, _, extras, _, _ = module.generate(batch)

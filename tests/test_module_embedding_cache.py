@@ -63,7 +63,7 @@ class Watch(L.Callback):
 @pytest.mark.parametrize("free_encoder", [False, True])
 def test_cache_holds_only_what_pending_items_need(tmp_path, free_encoder):
     data = StudyDataModule(study(), batch_size=2)
-    module = ZImageModule(weights="tiny-random", free_encoder_after_encoding=free_encoder)
+    module = ZImageModule(weights="tiny-random", predict={"free_encoder_after_encoding": free_encoder})
     module.configure_model()
     encoded: list[tuple] = []
     encode = module.encoder.encode

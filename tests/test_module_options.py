@@ -9,7 +9,7 @@ from llm_dit.module import ZImageModule
 
 
 def test_placement_sets_component_dtypes_and_tiling():
-    module = ZImageModule(weights="tiny-random", placement=Placement(vae_dtype="bfloat16", vae_tiling=True))
+    module = ZImageModule(weights="tiny-random", load={"placement": Placement(vae_dtype="bfloat16", vae_tiling=True)})
     module.configure_model()
     assert module.vae.dtype == torch.bfloat16
     assert module.transformer.dtype == torch.float32

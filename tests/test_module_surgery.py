@@ -15,7 +15,7 @@ from llm_dit.study import Study, StudyItem
 
 @pytest.fixture(scope="module")
 def module():
-    module = ZImageModule(weights="tiny-random", record_refiner_drift=True)
+    module = ZImageModule(weights="tiny-random", predict={"record_refiner_drift": True})
     module.configure_model()
     return module
 

@@ -20,7 +20,7 @@ from llm_dit.encoding.options import EncodingOptions
 from llm_dit.report import bootstrap_mean, load_run, paired_difference, write_report
 from llm_dit.report.provenance import RANDOM_PRESETS, weights_are_random
 from llm_dit.report.questions import QUESTIONS
-from llm_dit.report.stats import unpaired_difference, wilson_interval
+from llm_dit.results.stats import unpaired_difference, wilson_interval
 from llm_dit.sampling.settings import SamplerSettings
 
 SEEDS = (1, 2, 3)

@@ -19,7 +19,8 @@ from callbacks.timing import TimingCallback
 from callbacks.writer import StudyWriter, read_rows
 from llm_dit.data import StudyDataModule, group_into_batches
 from llm_dit.module import ZImageModule
-from llm_dit.run import RunFolderError
+from llm_dit.module_settings import group_options
+from llm_dit.run_folder import RunFolderError
 from llm_dit.study import Study
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +46,7 @@ def run(root: Path, spec: dict, callbacks=(), overwrite_changed=False, batch_siz
         callbacks=[*callbacks, *([bar] if bar else []), writer],
     )
     data = StudyDataModule(Study(**spec), batch_size=batch_size, overwrite_changed=overwrite_changed)
-    trainer.predict(ZImageModule(weights="tiny-random", **module), datamodule=data, return_predictions=False)
+    trainer.predict(ZImageModule(weights="tiny-random", **group_options(**module)), datamodule=data, return_predictions=False)
     return writer
 
 

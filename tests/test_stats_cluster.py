@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm_dit.report.stats import (
+from llm_dit.results.stats import (
     bootstrap_mean,
     cluster_bootstrap_mean,
     cluster_of,

@@ -8,6 +8,7 @@ import torch
 
 from llm_dit.data import StudyDataModule
 from llm_dit.module import ZImageModule
+from llm_dit.module_settings import group_options
 from llm_dit.sampling.schedule import shifted_sigmas
 from llm_dit.sampling.step_cache import StepCache, shared_prefixes
 from llm_dit.study import Study
@@ -56,7 +57,7 @@ class Collect(L.Callback):
 
 
 def predict(study: Study, tmp_path, calls: list[int], **options) -> tuple[ZImageModule, dict[str, torch.Tensor]]:
-    module, collect = ZImageModule(weights="tiny-random", **options), Collect()
+    module, collect = ZImageModule(weights="tiny-random", **group_options(**options)), Collect()
     module.configure_model()
     module.transformer.register_forward_hook(lambda *_: calls.append(1))
     trainer = L.Trainer(accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False, callbacks=[collect],
@@ -82,7 +83,7 @@ def test_shared_steps_give_the_same_images_with_fewer_dit_calls(tmp_path, sample
 
 
 def test_step_sharing_is_off_when_every_step_must_run(tmp_path):
-    module = ZImageModule(weights="tiny-random", record_refiner_drift=True)
+    module = ZImageModule(weights="tiny-random", predict={"record_refiner_drift": True})
     module.configure_model()
     assert module.plan_shared_steps(sweep().items()) is None
     module = ZImageModule(weights="tiny-random")

@@ -214,7 +214,7 @@ def test_refiner_configs_record_drift_and_parse_surgery(studies):
     import surgery
 
     for name in ("refiner_skip", "refiner_depth", "refiner_layerwise"):
-        assert load(ROOT / "configs" / f"{name}.yaml")["model"]["record_refiner_drift"] is True
+        assert load(ROOT / "configs" / f"{name}.yaml")["model"]["predict"]["record_refiner_drift"] is True
         for condition in studies[name].resolved_conditions():
             surgery.validate_specs(surgery.parse_specs(condition.surgery))
     variants = {c.name: [s["variant"] for s in c.surgery] for c in studies["refiner_depth"].resolved_conditions()}
@@ -261,7 +261,7 @@ def test_adapter_predict_config_reads_what_fit_writes(monkeypatch, tmp_path, cap
     from types import SimpleNamespace
 
     from llm_dit.cli import ADAPTER_PREDICT_CONFIG, StudyCLI
-    from llm_dit.training.hooks import ADAPTER_FOLDER
+    from llm_dit.training.lifecycle import ADAPTER_FOLDER
 
     fit = load(ROOT / "configs" / "refiner_style_adapter.yaml")
     written = f"lightning_logs/{fit['data']['init_args']['run_name']}/{ADAPTER_FOLDER}"

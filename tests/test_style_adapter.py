@@ -94,7 +94,7 @@ def test_refuses_an_adapter_made_for_another_base_model(tmp_path, transformer):
     other = build_tiny_components(seed=1).transformer
     with pytest.raises(ValueError, match="was made for base model") as error:
         surgery.apply(other, [{"variant": "style_adapter", "path": path}])
-    from llm_dit.run import model_fingerprint
+    from llm_dit.run_folder import model_fingerprint
 
     assert spec.base_fingerprint in str(error.value) and model_fingerprint(other) in str(error.value)
     assert surgery.count_live_hooks() == 0

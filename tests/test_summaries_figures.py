@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from callbacks import figures
+from llm_dit.results import figures
 from callbacks.embedding_analysis import FIGURE_FILE, write_analysis
 from llm_dit import quiet
 from llm_dit.provenance import RANDOM_WEIGHTS_NOTE, weights_are_random

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Model
 
-from llm_dit.encoding.long_prompt import fit_to_length
+from llm_dit.encoding.compression import fit_to_length
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.template import SEGMENT_LABELS, TemplatedPrompt, tokenize_chat
+from llm_dit.models.tiny import build_tiny_components, load_bundled_tokenizer
 from surgery.hooks import HookRegistry
 
 TINY_PRESET = "tiny"
@@ -130,8 +131,6 @@ class ZImageTextEncoder:
         """
         options = (options or EncodingOptions()).with_overrides(option_overrides)
         if path_or_hub_id in (TINY_PRESET, TINY_RANDOM_PRESET):
-            from llm_dit.models.tiny import build_tiny_components
-
             tiny = build_tiny_components(dtype=torch_dtype or torch.float32)
             text_encoder, tokenizer = tiny.text_encoder, tiny.tokenizer
         else:
@@ -305,8 +304,6 @@ def _load_qwen3(source: str, torch_dtype: torch.dtype | None) -> Qwen3Model:
 
 def _load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     """The folder's tokenizer (tokenizer/ or top level), else the bundled Qwen3 one."""
-    from llm_dit.models.tiny import load_bundled_tokenizer
-
     path = Path(source).expanduser()
     if path.exists():
         for folder in (path / "tokenizer", path):

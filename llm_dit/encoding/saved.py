@@ -41,6 +41,9 @@ from safetensors.torch import save_file
 from llm_dit.encoding.encoder import EncodedPrompt
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.errors import UserError
+from llm_dit.models.fingerprint import model_fingerprint
+from llm_dit.models.loading import resolve_weights
+from llm_dit.models.tiny import bundled_tokenizer_dir
 
 FORMAT = "llm-dit saved embeddings v1"
 MANIFEST = "embeddings.json"
@@ -85,7 +88,6 @@ def encoder_identity(weights: Any, text_encoder_override: str | None = None, tin
     tokenizer's files. Presets (tiny, random) are named by preset and seed, as their weights are drawn
     from the seed. A hub id is named by its id (offline, nothing else can be read).
     """
-    from llm_dit.models.loading import resolve_weights
 
     digest = hashlib.sha256()
     resolved = resolve_weights(weights, allow_pickle)
@@ -116,7 +118,6 @@ def encoder_identity(weights: Any, text_encoder_override: str | None = None, tin
 
 def _tokenizer_folder(resolved: Any) -> Path | None:
     """The folder the tokenizer loads from (the bundled Qwen3 one unless the weights ship their own)."""
-    from llm_dit.models.tiny import bundled_tokenizer_dir
 
     if resolved.kind == "diffusers" and (Path(resolved.location) / "tokenizer").is_dir():
         return Path(resolved.location) / "tokenizer"
@@ -157,8 +158,6 @@ def _hash_file(path: Path, digest: Any) -> None:
 
 def encoder_record(identity: EncoderIdentity, text_encoder: torch.nn.Module, padding: str) -> dict[str, Any]:
     """What a saved file says about its encoder: identity, plus the loaded weights' own fingerprint."""
-    from llm_dit.run import model_fingerprint
-
     return {
         "fingerprint": identity.fingerprint,
         "source": identity.source,

@@ -20,6 +20,9 @@ from typing import Any, Optional
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from llm_dit.module import ZImageModule
+from llm_dit import quiet
+from llm_dit.lab.app import create_app
+from llm_dit.lab.session import LabSession
 
 PROG = "python -m llm_dit.cli serve"
 DEFAULT_FOLDER = "lightning_logs/lab"
@@ -45,8 +48,6 @@ def build_parser() -> ArgumentParser:
 
 def build_lab(args: list[str]) -> tuple[Any, Any]:
     """(FastAPI app, parsed options): parse, build the module, load the model into a LabSession."""
-    from llm_dit.lab.app import create_app
-    from llm_dit.lab.session import LabSession
 
     parser = build_parser()
     options = parser.parse_args(args)
@@ -62,7 +63,6 @@ def build_lab(args: list[str]) -> tuple[Any, Any]:
 def serve_main(args: list[str]) -> None:
     import uvicorn
 
-    from llm_dit import quiet
 
     quiet.install()
     app, options = build_lab(args)

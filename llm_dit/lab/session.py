@@ -35,6 +35,12 @@ from llm_dit.lab.data import LabDataModule
 from llm_dit.module import ZImageModule
 from llm_dit.resume import canonical
 from llm_dit.study import ConditionSpec, Study, StudyItem, check_name, slug
+import surgery
+from callbacks.detail import DetailScoreCallback
+from callbacks.tensorboard_review import TensorBoardReview
+from callbacks.timing import TimingCallback
+from llm_dit import errors
+from llm_dit.lab.inspect import encoding_report, memory_report
 
 HISTORY = "lab_history.jsonl"
 STUDY_RECORD = "study.json"
@@ -114,7 +120,7 @@ class LabSession:
 
     def __init__(self, module: ZImageModule, folder: str | os.PathLike, encoding: dict[str, Any] | None = None,
                  sampler: dict[str, Any] | None = None, accelerator: str = "auto") -> None:
-        if module.hparams.free_encoder_after_encoding:
+        if module.predict_settings.free_encoder_after_encoding:
             raise LabError("model.free_encoder_after_encoding frees the encoder after the first request's prompts, "
                            "so the lab could not encode the next ones; leave it out, or serve saved embeddings "
                            "(--model.embeddings DIR) to run without the encoder")
@@ -151,9 +157,6 @@ class LabSession:
 
     def _callbacks(self) -> list[L.Callback]:
         """The same metric callbacks and writer a config's `trainer.callbacks` lists, kept across requests."""
-        from callbacks.detail import DetailScoreCallback
-        from callbacks.tensorboard_review import TensorBoardReview
-        from callbacks.timing import TimingCallback
 
         return [DetailScoreCallback(), TimingCallback(), TensorBoardReview(), StudyWriter()]
 
@@ -168,7 +171,6 @@ class LabSession:
                            transform_seed=self.study.transform_seed + prompt_index)
             (item,) = single.items()
         except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as error:
-            from llm_dit import errors
 
             raise LabError(errors.user_message(error, started=False) or str(error)) from None
         names = [c.name for c in self.study.conditions]
@@ -212,7 +214,6 @@ class LabSession:
             try:
                 self._predict(study, item)
             except Exception as error:  # the model and the folder stay usable: report and go on
-                from llm_dit import errors
 
                 message = errors.user_message(error, started=True)
                 if message is None:
@@ -250,7 +251,6 @@ class LabSession:
 
     def encode(self, prompt: Any, condition: Any) -> dict[str, Any]:
         """Tokens with their segments and statistics of the caption features for (prompt, condition)."""
-        from llm_dit.lab.inspect import encoding_report
 
         spec = parse_condition(condition)
         with self.lock:
@@ -262,13 +262,11 @@ class LabSession:
         return encoding_report(item, encoded)
 
     def hook_points(self) -> list[dict[str, Any]]:
-        import surgery
 
         with self.lock:
             return [dataclasses.asdict(point) for point in surgery.hook_points(self.module.transformer)]
 
     def memory(self) -> dict[str, Any]:
-        from llm_dit.lab.inspect import memory_report
 
         return memory_report(self.module)
 

@@ -1,6 +1,7 @@
 """Model loading: the embedded tiny preset, diffusers folders, hub ids, single files."""
 
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.config import PRESETS, ZImageConfig, embedded_model_folder
 from llm_dit.models.loading import (
     SingleFileWeights,
     check_weights_source,
@@ -28,6 +29,7 @@ from llm_dit.models.single_file import (
 from llm_dit.models.tiny import build_tiny_components, bundled_tokenizer_dir, load_bundled_tokenizer
 
 __all__ = [
+    "PRESETS",
     "MissingComponentError",
     "OutOfMemoryAdviceError",
     "PickleCheckpointError",
@@ -36,10 +38,12 @@ __all__ = [
     "SingleFileWeights",
     "WrongModelError",
     "ZImageComponents",
+    "ZImageConfig",
     "apply_placement",
     "build_tiny_components",
     "bundled_tokenizer_dir",
     "check_weights_source",
+    "embedded_model_folder",
     "export_single_files",
     "free_text_encoder",
     "identify_checkpoint",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.config import RANDOM_Z_IMAGE_TURBO, TINY, TINY_RANDOM, ZImageConfig, looks_like_diffusers
 from llm_dit.models.placement import Placement, apply_placement, out_of_memory_advice, resolve_dtype
 from llm_dit.models.single_file import (
     PICKLE_SUFFIXES,
@@ -30,6 +31,7 @@ from llm_dit.models.single_file import (
     MissingComponentError,
     PickleCheckpointError,
     ShapeMismatchError,
+    SingleFileWeights,
     read_safetensors_header,
     expect_role,
     identify_checkpoint,
@@ -38,108 +40,17 @@ from llm_dit.models.single_file import (
     read_checkpoint_keys,
     refuse_pickle,
 )
+from llm_dit.models.random_full import build_random_components
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG, build_tiny_components, load_bundled_tokenizer
 
 log = logging.getLogger(__name__)
 
-TINY_PRESET = "tiny"
-TINY_RANDOM_PRESET = "tiny-random"  # the same small shapes, deterministic random weights (unit tests)
-RANDOM_PRESET = "random-z-image-turbo"  # llm_dit.models.random_full: full size, random weights (benchmarks)
+# The preset names (llm_dit.models.config owns them and their shapes).
+TINY_PRESET, TINY_RANDOM_PRESET, RANDOM_PRESET = TINY, TINY_RANDOM, RANDOM_Z_IMAGE_TURBO
 DIFFUSERS_SUBFOLDERS = ("transformer", "vae", "text_encoder")
-# Where ComfyUI keeps each kind of file, relative to its models/ folder.
-COMFY_SUBFOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "checkpoints")
-
-
-@dataclass
-class SingleFileWeights:
-    """The three single-file checkpoints of one Z-Image model, plus optional config overrides.
-
-    The files carry no config: shape-derived fields are read from the tensors and
-    the rest default to Z-Image-Turbo's. Overrides fix what the tensors can't say
-    (e.g. `vae_config={"norm_num_groups": 32}`) or force a value.
-    """
-
-    transformer: str
-    """The DiT, e.g. ComfyUI/models/diffusion_models/z_image_turbo_bf16.safetensors."""
-    text_encoder: str
-    """Qwen3-4B, e.g. ComfyUI/models/text_encoders/qwen_3_4b.safetensors."""
-    vae: str
-    """The FLUX VAE, e.g. ComfyUI/models/vae/ae.safetensors."""
-    tokenizer: str | None = None
-    """A tokenizer folder; None uses the bundled Qwen3 tokenizer (identical to Z-Image-Turbo's)."""
-    transformer_config: dict[str, Any] | None = None
-    text_encoder_config: dict[str, Any] | None = None
-    vae_config: dict[str, Any] | None = None
-
-    def files(self) -> dict[str, Path]:
-        return {role: Path(getattr(self, role)).expanduser() for role in SINGLE_FILE_NAMES}
-
-    def configs(self) -> dict[str, dict[str, Any] | None]:
-        return {role: getattr(self, f"{role}_config") for role in SINGLE_FILE_NAMES}
-
-    def check(self, allow_pickle: bool = False) -> None:
-        """Every file exists, is allowed, and (safetensors: header only) holds the component it is named for."""
-        for role, path in self.files().items():
-            refuse_pickle(path, allow_pickle)
-            if not path.is_file():
-                raise MissingComponentError(
-                    f"{ROLE_TITLES[role]} checkpoint {path} does not exist (ComfyUI name: {SINGLE_FILE_NAMES[role]})"
-                )
-            if path.suffix.lower() == ".safetensors":
-                expect_role(path, read_checkpoint_keys(path), role)
-        if self.tokenizer is not None and not Path(self.tokenizer).expanduser().is_dir():
-            raise MissingComponentError(
-                f"tokenizer folder {self.tokenizer} does not exist; leave it None for the bundled one"
-            )
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any]) -> SingleFileWeights:
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ValueError(f"unknown single-file weights keys {unknown}; known: {sorted(known)}")
-        return cls(**mapping)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, allow_pickle: bool = False) -> SingleFileWeights:
-        """Find the three files in a folder (or a ComfyUI models/ folder): by name, else by content."""
-        folder = Path(folder).expanduser()
-        candidates = _candidate_files(folder, allow_pickle)
-        found = {role: _find_role(folder, role, candidates, allow_pickle) for role in SINGLE_FILE_NAMES}
-        tokenizer = folder / "tokenizer"
-        return cls(**{role: str(path) for role, path in found.items()},
-                   tokenizer=str(tokenizer) if (tokenizer / "tokenizer_config.json").is_file() else None)
 
 
 WeightsSpec = str | os.PathLike | SingleFileWeights | Mapping[str, Any]
-
-
-def _candidate_files(folder: Path, allow_pickle: bool) -> list[Path]:
-    suffixes = (".safetensors", *PICKLE_SUFFIXES) if allow_pickle else (".safetensors",)
-    places = [folder, *(folder / sub for sub in COMFY_SUBFOLDERS if (folder / sub).is_dir())]
-    return sorted(path for place in places for path in place.iterdir() if path.suffix.lower() in suffixes)
-
-
-def _find_role(folder: Path, role: str, candidates: list[Path], allow_pickle: bool) -> Path:
-    """The standard ComfyUI name wins; otherwise the one file whose keys say it is this component."""
-    named = [path for path in candidates if path.name == SINGLE_FILE_NAMES[role]]
-    if named:
-        return named[0]
-    matching = [path for path in candidates if identify_checkpoint(read_checkpoint_keys(path, allow_pickle))[1] == role]
-    if len(matching) == 1:
-        return matching[0]
-    if len(matching) > 1:
-        raise ValueError(
-            f"{folder} holds several {ROLE_TITLES[role]} checkpoints ({', '.join(p.name for p in matching)}); "
-            f"name the one to use with SingleFileWeights({role}=...)"
-        )
-    pickles = [] if allow_pickle else sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    hint = f"; pickle files {pickles} were not considered (allow_pickle=True reads them)" if pickles else ""
-    raise MissingComponentError(
-        f"no {ROLE_TITLES[role]} checkpoint in {folder}: looked for {SINGLE_FILE_NAMES[role]} and for any "
-        f".safetensors holding one, among {[p.name for p in candidates] or 'no files'}{hint}. "
-        f"A diffusers-format folder needs transformer/, vae/ and text_encoder/ subfolders instead."
-    )
 
 
 # ----- which kind of spec ------------------------------------------------------------
@@ -170,7 +81,7 @@ def resolve_weights(weights: WeightsSpec, allow_pickle: bool = False) -> Resolve
             f"text_encoder=..., vae=...)"
         )
     if path.is_dir():
-        if _looks_like_diffusers(path):
+        if looks_like_diffusers(path):
             _check_diffusers_folder(path, allow_pickle)
             return ResolvedWeights("diffusers", str(path))
         spec = SingleFileWeights.from_folder(path, allow_pickle)
@@ -184,36 +95,26 @@ def resolve_weights(weights: WeightsSpec, allow_pickle: bool = False) -> Resolve
     )
 
 
-def check_weights_source(weights: WeightsSpec, allow_pickle: bool = False) -> None:
-    """Fail fast (before anything loads) when `weights` cannot name a model."""
+def check_weights_source(weights: WeightsSpec, allow_pickle: bool = False,
+                         text_encoder_override: str | None = None) -> ZImageConfig | None:
+    """Fail fast (before anything loads) when `weights` cannot name a model, or names parts whose
+    shapes cannot work together (with the encoder override swapped in). Returns the model's
+    config, None for a hub id."""
     resolve_weights(weights, allow_pickle)
+    config = ZImageConfig.from_weights(weights, text_encoder_override, allow_pickle)
+    if config is not None:
+        config.check()
+    return config
 
 
 def transformer_config(weights: WeightsSpec) -> dict[str, Any] | None:
     """The transformer's config without loading it (for checks before the model loads), or None when
-    only loading would tell (a hub id, single files without a stored config)."""
-    from llm_dit.models.single_file import read_stored_config
-    from llm_dit.models.tiny import TINY_TRANSFORMER_CONFIG
-
+    only loading would tell (a hub id, a pickle checkpoint)."""
     try:
-        resolved = resolve_weights(weights)
+        config = ZImageConfig.from_weights(weights)
     except (ValueError, FileNotFoundError):
         return None
-    if resolved.kind == "tiny":
-        return dict(TINY_TRANSFORMER_CONFIG)
-    if resolved.kind == "diffusers":
-        import json
-
-        return json.loads((Path(resolved.location) / "transformer" / "config.json").read_text())
-    if resolved.kind == "single_files":
-        return read_stored_config(resolved.location.files()["transformer"]) or None
-    return None
-
-
-def _looks_like_diffusers(path: Path) -> bool:
-    """vae/ alone does not count: ComfyUI's models/ folder has one too."""
-    markers = (path / "model_index.json").is_file(), (path / "transformer").is_dir(), (path / "text_encoder").is_dir()
-    return any(markers)
+    return None if config is None or config.transformer is None else dict(config.transformer)
 
 
 def _check_diffusers_folder(path: Path, allow_pickle: bool) -> None:
@@ -260,6 +161,9 @@ def load_components(
     folder such as Qwen3-Embedding-4B, or a single file).
     """
     resolved = resolve_weights(weights, allow_pickle)
+    config = ZImageConfig.from_weights(weights, text_encoder_override, allow_pickle)
+    if config is not None:
+        config.check()  # shapes that cannot work together fail here, before any tensor loads
     dtypes = _component_dtypes(resolve_dtype(dtype), placement)
     components = _load_resolved(resolved, dtypes, seed, allow_pickle)
     if text_encoder_override is not None:
@@ -281,8 +185,6 @@ def _component_dtypes(dtype: torch.dtype | None, placement: Placement | None) ->
 def _load_resolved(resolved: ResolvedWeights, dtypes: dict[str, torch.dtype], seed: int,
                    allow_pickle: bool) -> ZImageComponents:
     if resolved.kind == "random":  # full-size, random weights, built on the GPU if there is one
-        from llm_dit.models.random_full import build_random_components
-
         return build_random_components(seed=seed, dtype=dtypes["transformer"])
     if resolved.kind == "tiny":
         components = build_tiny_components(seed=seed)

@@ -3,8 +3,8 @@
 Same classes and shapes as the real model (6.15 B DiT, Qwen3-4B encoder, FLUX VAE),
 no download. It exists for benchmarks: speed does not depend on the weights'
 values, so timings on it are the real model's timings (images are noise-like).
-Weights are drawn directly on the target device in the target dtype, so a GPU
-gets ~20 GB of bf16 weights in seconds instead of a minute of CPU init.
+Weights are drawn directly on the target device in the target dtype: no float32 copy on
+the CPU, no CPU-side init (timings in benchmarks/NOTES.md, "Measurements moved from docstrings").
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTran
 from transformers import Qwen3Config, Qwen3Model
 
 from llm_dit.models.components import ZImageComponents
-from llm_dit.models.single_file import FLUX_VAE_CONFIG, QWEN3_4B_CONFIG, ZIMAGE_TURBO_TRANSFORMER_CONFIG
-from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG, load_bundled_tokenizer
+from llm_dit.models.config import RANDOM_Z_IMAGE_TURBO
+from llm_dit.models.shapes import (
+    FLUX_VAE_CONFIG, QWEN3_4B_CONFIG, ZIMAGE_SCHEDULER_CONFIG, ZIMAGE_TURBO_TRANSFORMER_CONFIG,
+)
+from llm_dit.models.tiny import load_bundled_tokenizer
 
-RANDOM_PRESET = "random-z-image-turbo"
+RANDOM_PRESET = RANDOM_Z_IMAGE_TURBO
 
 
 def default_device() -> torch.device:

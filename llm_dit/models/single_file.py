@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,30 +37,9 @@ from transformers import Qwen3Config, Qwen3Model
 
 from llm_dit.errors import UserFacing
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.shapes import FLUX_VAE_CONFIG, QWEN3_4B_CONFIG, ZIMAGE_TURBO_TRANSFORMER_CONFIG
 
 StateDict = dict[str, torch.Tensor]
-
-# ----- the real configs (Z-Image-Turbo, Qwen3-4B, FLUX.1 VAE) -----------------------
-
-ZIMAGE_TURBO_TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    all_patch_size=[2], all_f_patch_size=[1], in_channels=16, dim=3840, n_layers=30,
-    n_refiner_layers=2, n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True,
-    cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
-    axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
-)
-QWEN3_4B_CONFIG: dict[str, Any] = dict(
-    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-    num_attention_heads=32, num_key_value_heads=8, head_dim=128, attention_bias=False,
-    rope_theta=1_000_000.0, rms_norm_eps=1e-6, max_position_embeddings=40960,
-    tie_word_embeddings=True,
-)
-FLUX_VAE_CONFIG: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=16,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-    mid_block_add_attention=True, scaling_factor=0.3611, shift_factor=0.1159,
-    use_quant_conv=False, use_post_quant_conv=False, force_upcast=True, sample_size=1024,
-)
 
 # The names ComfyUI's Z-Image-Turbo workflow uses; `export_single_files` writes these.
 SINGLE_FILE_NAMES: dict[str, str] = {
@@ -195,6 +175,101 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+# ----- the three files of one model ---------------------------------------------------
+
+# Where ComfyUI keeps each kind of file, relative to its models/ folder.
+COMFY_SUBFOLDERS = ("diffusion_models", "unet", "text_encoders", "clip", "vae", "checkpoints")
+
+
+@dataclass
+class SingleFileWeights:
+    """The three single-file checkpoints of one Z-Image model, plus optional config overrides.
+
+    The files carry no config: shape-derived fields are read from the tensors and
+    the rest default to Z-Image-Turbo's. Overrides fix what the tensors can't say
+    (e.g. `vae_config={"norm_num_groups": 32}`) or force a value.
+    """
+
+    transformer: str
+    """The DiT, e.g. ComfyUI/models/diffusion_models/z_image_turbo_bf16.safetensors."""
+    text_encoder: str
+    """Qwen3-4B, e.g. ComfyUI/models/text_encoders/qwen_3_4b.safetensors."""
+    vae: str
+    """The FLUX VAE, e.g. ComfyUI/models/vae/ae.safetensors."""
+    tokenizer: str | None = None
+    """A tokenizer folder; None uses the bundled Qwen3 tokenizer (identical to Z-Image-Turbo's)."""
+    transformer_config: dict[str, Any] | None = None
+    text_encoder_config: dict[str, Any] | None = None
+    vae_config: dict[str, Any] | None = None
+
+    def files(self) -> dict[str, Path]:
+        return {role: Path(getattr(self, role)).expanduser() for role in SINGLE_FILE_NAMES}
+
+    def configs(self) -> dict[str, dict[str, Any] | None]:
+        return {role: getattr(self, f"{role}_config") for role in SINGLE_FILE_NAMES}
+
+    def check(self, allow_pickle: bool = False) -> None:
+        """Every file exists, is allowed, and (safetensors: header only) holds the component it is named for."""
+        for role, path in self.files().items():
+            refuse_pickle(path, allow_pickle)
+            if not path.is_file():
+                raise MissingComponentError(
+                    f"{ROLE_TITLES[role]} checkpoint {path} does not exist (ComfyUI name: {SINGLE_FILE_NAMES[role]})"
+                )
+            if path.suffix.lower() == ".safetensors":
+                expect_role(path, read_checkpoint_keys(path), role)
+        if self.tokenizer is not None and not Path(self.tokenizer).expanduser().is_dir():
+            raise MissingComponentError(
+                f"tokenizer folder {self.tokenizer} does not exist; leave it None for the bundled one"
+            )
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> SingleFileWeights:
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ValueError(f"unknown single-file weights keys {unknown}; known: {sorted(known)}")
+        return cls(**mapping)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, allow_pickle: bool = False) -> SingleFileWeights:
+        """Find the three files in a folder (or a ComfyUI models/ folder): by name, else by content."""
+        folder = Path(folder).expanduser()
+        candidates = _candidate_files(folder, allow_pickle)
+        found = {role: _find_role(folder, role, candidates, allow_pickle) for role in SINGLE_FILE_NAMES}
+        tokenizer = folder / "tokenizer"
+        return cls(**{role: str(path) for role, path in found.items()},
+                   tokenizer=str(tokenizer) if (tokenizer / "tokenizer_config.json").is_file() else None)
+
+
+def _candidate_files(folder: Path, allow_pickle: bool) -> list[Path]:
+    suffixes = (".safetensors", *PICKLE_SUFFIXES) if allow_pickle else (".safetensors",)
+    places = [folder, *(folder / sub for sub in COMFY_SUBFOLDERS if (folder / sub).is_dir())]
+    return sorted(path for place in places for path in place.iterdir() if path.suffix.lower() in suffixes)
+
+
+def _find_role(folder: Path, role: str, candidates: list[Path], allow_pickle: bool) -> Path:
+    """The standard ComfyUI name wins; otherwise the one file whose keys say it is this component."""
+    named = [path for path in candidates if path.name == SINGLE_FILE_NAMES[role]]
+    if named:
+        return named[0]
+    matching = [path for path in candidates if identify_checkpoint(read_checkpoint_keys(path, allow_pickle))[1] == role]
+    if len(matching) == 1:
+        return matching[0]
+    if len(matching) > 1:
+        raise ValueError(
+            f"{folder} holds several {ROLE_TITLES[role]} checkpoints ({', '.join(p.name for p in matching)}); "
+            f"name the one to use with SingleFileWeights({role}=...)"
+        )
+    pickles = [] if allow_pickle else sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    hint = f"; pickle files {pickles} were not considered (allow_pickle=True reads them)" if pickles else ""
+    raise MissingComponentError(
+        f"no {ROLE_TITLES[role]} checkpoint in {folder}: looked for {SINGLE_FILE_NAMES[role]} and for any "
+        f".safetensors holding one, among {[p.name for p in candidates] or 'no files'}{hint}. "
+        f"A diffusers-format folder needs transformer/, vae/ and text_encoder/ subfolders instead."
+    )
 
 
 # ----- identifying -------------------------------------------------------------------
@@ -530,6 +605,24 @@ _TO_DIFFUSERS: dict[str, Callable[[StateDict, str], StateDict]] = {
     "vae": vae_to_diffusers,
 }
 _BUILDERS = {"transformer": build_transformer, "text_encoder": build_text_encoder, "vae": build_vae}
+_DEFAULTS = {"transformer": ZIMAGE_TURBO_TRANSFORMER_CONFIG, "text_encoder": QWEN3_4B_CONFIG, "vae": FLUX_VAE_CONFIG}
+_INFER = {"transformer": infer_transformer_config, "text_encoder": infer_text_encoder_config, "vae": infer_vae_config}
+
+
+def config_from_header(path: str | Path, role: str, override: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The config `load_single_file` would build `role` with, read from the safetensors header alone
+    (shapes on the meta device: no tensor is read), so checks run before loading. None for pickle
+    files, whose shapes only loading tells."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".safetensors":
+        return None
+    header = read_safetensors_header(path)
+    shapes = {key: torch.empty(entry["shape"], device="meta") for key, entry in header.items() if key != "__metadata__"}
+    kind = expect_role(path, list(shapes), role)
+    config = merge_configs(path, role, _DEFAULTS[role], _INFER[role], _TO_DIFFUSERS[role](shapes, kind), override)
+    if role == "vae":
+        check_vae_groups(path, config)
+    return config
 
 
 def load_single_file(path: str | Path, role: str, dtype: torch.dtype | None = None,

@@ -16,59 +16,10 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTran
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
 
 from llm_dit.models.components import ZImageComponents
-
-# Caption feature size == encoder hidden size, as in the real model (2560).
-TINY_HIDDEN = 32
-TINY_ENCODER_LAYERS = 8  # >= 6 so the hidden-layer study (-1..-6) has distinct layers
-
-TINY_TEXT_ENCODER_CONFIG = dict(
-    hidden_size=TINY_HIDDEN,
-    intermediate_size=64,
-    num_hidden_layers=TINY_ENCODER_LAYERS,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    max_position_embeddings=4096,
-    rope_theta=1_000_000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
+from llm_dit.models.shapes import (  # noqa: F401 - re-exported: the tiny preset's shapes
+    TINY_ENCODER_LAYERS, TINY_HIDDEN, TINY_TEXT_ENCODER_CONFIG, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG,
+    ZIMAGE_SCHEDULER_CONFIG,
 )
-
-TINY_TRANSFORMER_CONFIG = dict(
-    all_patch_size=(2,),
-    all_f_patch_size=(1,),
-    in_channels=16,
-    dim=64,
-    n_layers=2,
-    n_refiner_layers=2,
-    n_heads=2,
-    n_kv_heads=2,
-    norm_eps=1e-5,
-    qk_norm=True,
-    cap_feat_dim=TINY_HIDDEN,
-    rope_theta=256.0,
-    t_scale=1000.0,
-    axes_dims=[8, 12, 12],
-    axes_lens=[1536, 512, 512],
-)
-
-TINY_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[8, 16, 16, 16],
-    layers_per_block=1,
-    latent_channels=16,
-    norm_num_groups=4,
-    scaling_factor=0.3611,
-    shift_factor=0.1159,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
-
-# Z-Image-Turbo's scheduler config: fixed shift 3, no resolution-dependent shift.
-ZIMAGE_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
 
 
 def bundled_tokenizer_dir() -> Path:

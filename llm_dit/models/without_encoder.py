@@ -18,6 +18,8 @@ from llm_dit.errors import UserError
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.loading import load_components, resolve_weights
 from llm_dit.models.placement import Placement, release_cached_memory, resolve_dtype, set_vae_tiling
+from llm_dit.models.single_file import load_single_file
+from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
 
 GENERATION_PARTS = ("transformer", "vae")
 
@@ -52,7 +54,6 @@ def load_components_without_text_encoder(
 def _from_diffusers_folder(folder: Path, dtypes: dict[str, torch.dtype], allow_pickle: bool) -> ZImageComponents:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
 
-    from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
 
     safetensors = None if allow_pickle else True
     transformer = ZImageTransformer2DModel.from_pretrained(
@@ -68,8 +69,6 @@ def _from_diffusers_folder(folder: Path, dtypes: dict[str, torch.dtype], allow_p
 def _from_single_files(spec: Any, dtypes: dict[str, torch.dtype], allow_pickle: bool) -> ZImageComponents:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from llm_dit.models.single_file import load_single_file
-    from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
 
     files, configs = spec.files(), spec.configs()
     modules = {part: load_single_file(files[part], part, dtypes[part], configs[part], allow_pickle)

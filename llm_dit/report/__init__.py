@@ -7,9 +7,9 @@ read_votes("lightning_logs/hidden_layer")          # votes*.json -> win rates pe
 """
 
 from llm_dit.report.ab_page import WinRate, export_ab_page, read_votes
-from llm_dit.report.run_data import RunData, load_run
+from llm_dit.results.run_data import RunData, load_run
 from llm_dit.report.provenance import weights_are_random
-from llm_dit.report.stats import Estimate, bootstrap_mean, cluster_bootstrap_mean, paired_difference
+from llm_dit.results.stats import Estimate, bootstrap_mean, cluster_bootstrap_mean, paired_difference
 from llm_dit.report.writer import write_report
 
 __all__ = [

@@ -35,8 +35,8 @@ from PIL import Image
 
 from llm_dit.report.ab_template import TEMPLATE
 from llm_dit.report.provenance import RANDOM_WEIGHTS_NOTICE, weights_are_random
-from llm_dit.report.run_data import load_run
-from llm_dit.report.stats import wilson_interval
+from llm_dit.results.run_data import load_run
+from llm_dit.results.stats import wilson_interval
 
 FORMAT = "llm-dit-ab-votes/1"
 MIN_SIDE = 256  # the shortest side a rater sees, in image pixels

@@ -14,14 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from callbacks import figures
+from llm_dit.results import figures
 from llm_dit.report.ab_page import WinRate, read_votes, vote_files
 from llm_dit.report.questions import Answer, Context, answer_questions
 from llm_dit.report.provenance import RANDOM_WEIGHTS_NOTICE, describe_source, weights_are_random
 from llm_dit.report.questions.base import fmt
-from llm_dit.report.run_data import TIMING_METRICS, RunData, direction, is_warmup, load_run
-from llm_dit.report.stats import UNIT
-from llm_dit.report.tables import condition_table, per_prompt_table, quality_metric, study_figures
+from llm_dit.results.run_data import TIMING_METRICS, RunData, direction, is_warmup, load_run
+from llm_dit.results.stats import UNIT
+from llm_dit.results.tables import condition_table, per_prompt_table, quality_metric, study_figures
 
 CLIP_CONVENTION = (
     "CLIP score = 100·max(cos(image, text), 0) (torchmetrics' convention); Hessel et al.'s CLIPScore "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import surgery
 from llm_dit.encoding.options import check_keys
 
 LATENT_MULTIPLE = 16  # VAE downsamples 8x, the DiT patchifies 2x2
@@ -45,8 +46,6 @@ class SamplerSettings:
         if not isinstance(self.negative_prompt, str):
             raise ValueError(f"sampler.negative_prompt must be text, got {self.negative_prompt!r}; quote it in YAML")
         if self.skip_layer_guidance is not None:
-            import surgery
-
             if not isinstance(self.skip_layer_guidance, dict):
                 raise ValueError(f"sampler.skip_layer_guidance must be a mapping like {{layers: [7, 8, 9], scale: 2.8}}, "
                                  f"got {self.skip_layer_guidance!r}")

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llm_dit.errors import UserError, UserFacing
+from llm_dit.models.single_file import read_safetensors_header
 from llm_dit.training.config import ADAPTER_VARIANTS
 
 ADAPTER_FORMAT = "llm-dit-style-adapter"
@@ -35,7 +36,7 @@ class AdapterSpec:
 
     Attributes:
         variant: "lora", "full" or "extra_blocks".
-        base_fingerprint: llm_dit.run.model_fingerprint of the base transformer (no adapter).
+        base_fingerprint: llm_dit.models.fingerprint.model_fingerprint of the base transformer (no adapter).
         portable_fingerprint: the same, independent of the weights' dtype.
         base_blocks: number of blocks in the base target list.
         target: the block list the adapter replaces (the context refiner).
@@ -128,8 +129,6 @@ def read_spec(path: str | Path) -> AdapterSpec:
 
 def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes from the safetensors header alone: a damaged file fails here, naming it."""
-    from llm_dit.models.single_file import read_safetensors_header
-
     header = read_safetensors_header(adapter_folder(path) / TENSORS_NAME)
     return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 

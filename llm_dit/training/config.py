@@ -1,7 +1,7 @@
 """Training knobs for refiner style adapters, as validated dataclasses.
 
 The config IS the documentation: these classes are the types of
-`ZImageModule(adapter=..., objective=...)`, so `--help` lists every field and a
+`ZImageModule(fit={adapter: ..., objective: ...})` (llm_dit.module_settings.FitSettings), so `--help` lists every field and a
 typo fails at config time, before any model loads.
 """
 

@@ -14,7 +14,7 @@ from llm_dit.training.adapters import export_checkpoint
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m llm_dit.training.export", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by `fit` with a model.adapter")
+    parser.add_argument("checkpoint", help="a .ckpt written by `fit` with a model.fit.adapter")
     parser.add_argument("folder", help="where to write adapter.safetensors + adapter.json")
     options = parser.parse_args(argv)
     folder = export_checkpoint(options.checkpoint, options.folder)

@@ -1,7 +1,7 @@
 """Which base model an adapter belongs to.
 
 An adapter's deltas mean something only on the weights it was trained on. The
-exact fingerprint is `llm_dit.run.model_fingerprint` (what every run records);
+exact fingerprint is `llm_dit.models.fingerprint.model_fingerprint` (what every run records);
 it hashes dtypes and values, so the same model loaded in bfloat16 for
 inference would not match an adapter trained on its float32 copy. The portable
 fingerprint hashes names, shapes and the same sampled values rounded to
@@ -16,7 +16,7 @@ import weakref
 import torch
 from torch import nn
 
-from llm_dit.run import model_fingerprint
+from llm_dit.models.fingerprint import model_fingerprint
 
 _MEMO: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[str, str]]] = weakref.WeakKeyDictionary()
 

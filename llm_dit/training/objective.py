@@ -17,6 +17,9 @@ from torch import nn
 from llm_dit.sampling.euler import run_transformer
 from llm_dit.training.config import FlowMatchObjective
 
+# Fixed noise levels of the validation loss: one per example, cycled (deterministic curve).
+VALIDATION_SIGMAS = (0.25, 0.5, 0.75, 0.9)
+
 
 def shift_sigmas(s: torch.Tensor, shift: float) -> torch.Tensor:
     """sigma' = shift*s / (1 + (shift-1)*s): the same warp the sampler's schedule uses."""
@@ -63,3 +66,10 @@ def flow_matching_loss(transformer: nn.Module, x0: torch.Tensor, noise: torch.Te
     x_t = noisy_latents(x0.float(), noise.float(), sigma.float())
     prediction = run_transformer(transformer, x_t, 1 - sigma.float(), cap_feats)
     return torch.nn.functional.mse_loss(prediction.float(), velocity_target(x0.float(), noise.float()))
+
+
+def validation_noise(index: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (seeded by the example index) and a fixed sigma per example, for the validation loss."""
+    noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(i))) for i in index])
+    sigma = torch.tensor([VALIDATION_SIGMAS[int(i) % len(VALIDATION_SIGMAS)] for i in index])
+    return noise.to(latents.device), sigma.to(latents.device)

@@ -14,6 +14,7 @@ import torch
 
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.sampling.settings import SamplerSettings
+from llm_dit.study import Study
 
 
 @dataclass
@@ -51,8 +52,6 @@ def image_grid(images: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
 
 def sample_grid(module: Any, settings: ValidationSettings, options: EncodingOptions, resolution: int | None) -> torch.Tensor:
     """Generate every prompt x seed with the module's current weights; returns the grid image."""
-    from llm_dit.study import Study
-
     study = Study(name="validation", prompts=list(settings.prompts), seeds=list(settings.seeds),
                   encoding=options.to_dict(), sampler=settings.sampler_settings(resolution).to_dict())
     images = module.generate(study.items())[0]

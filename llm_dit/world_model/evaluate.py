@@ -20,6 +20,7 @@ import torch
 
 from llm_dit.encoding.encoder import ZImageTextEncoder
 from llm_dit.models.components import ZImageComponents
+from llm_dit.models.loading import load_diffusers_folder
 from llm_dit.sampling.euler import decode_latents, denoise, initial_noise, vae_scale_factor
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.world.captions import caption
@@ -86,8 +87,6 @@ def evaluate(components: ZImageComponents, count: int = 200, size: int = 64) -> 
 
 
 def main() -> None:
-    from llm_dit.models.loading import load_diffusers_folder
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", help="a diffusers-format folder (the training export or the embedded model)")
     parser.add_argument("--count", type=int, default=200)

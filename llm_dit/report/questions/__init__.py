@@ -1,7 +1,7 @@
 """The seed doc's sub-questions, one module per study kind, answered from a run's numbers.
 
 Conditions are found by their recorded settings (encoding options, sampler settings,
-surgery specs, prompt transform: see ``llm_dit.report.settings``), never by their
+surgery specs, prompt transform: see ``llm_dit.results.settings``), never by their
 names. Proxy metrics are named as proxies: composition,
 coherence, "abstract" and visual smoothness need people (see ``export_ab_page``).
 """

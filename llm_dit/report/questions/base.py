@@ -5,7 +5,7 @@ module of this package; each is a function ``Context -> Answer`` that states
 the numbers the run has and says when a question needs a human A/B study (or
 data this run lacks) rather than pretending a proxy metric settles it.
 
-Conditions are chosen by their recorded settings (``llm_dit.report.settings``),
+Conditions are chosen by their recorded settings (``llm_dit.results.settings``),
 never by their names: ``ctx.select(lambda s: s.refiner_skipped)`` finds the
 conditions that bypass the context refiner, and ``ctx.reference`` the condition
 to compare one against, i.e. the control when it differs only in the settings
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llm_dit.report.run_data import TIMING_METRICS, RunData, direction
-from llm_dit.report.settings import ConditionSettings
-from llm_dit.report.stats import Estimate, cluster_bootstrap_mean, paired_difference
-from llm_dit.report.tables import quality_metric
+from llm_dit.results.run_data import TIMING_METRICS, RunData, direction
+from llm_dit.results.settings import ConditionSettings
+from llm_dit.results.stats import Estimate, cluster_bootstrap_mean, paired_difference
+from llm_dit.results.tables import quality_metric
 
 Predicate = Callable[[ConditionSettings], bool]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from llm_dit.report.questions.base import Answer, Context, Question, type_is
-from llm_dit.report.settings import DEFAULT_HIDDEN_LAYER
+from llm_dit.results.settings import DEFAULT_HIDDEN_LAYER
 
 LAYER_KEYS = ("encoding.hidden_layer", "encoding.layer_combine")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from llm_dit.report.questions.base import Answer, Context, Question
-from llm_dit.report.run_data import meta, value_of
-from llm_dit.report.stats import unpaired_difference
-from llm_dit.report.tables import compression_curves, compression_mode, compression_ratio
+from llm_dit.results.run_data import meta, value_of
+from llm_dit.results.stats import unpaired_difference
+from llm_dit.results.tables import compression_curves, compression_mode, compression_ratio
 
 MODE = ("encoding.long_prompt_mode",)
 

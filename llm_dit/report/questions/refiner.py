@@ -9,7 +9,7 @@ refiner is untouched and whose other settings are equal.
 from __future__ import annotations
 
 from llm_dit.report.questions.base import Answer, Context, Question, fmt, vs_reference
-from llm_dit.report.settings import ConditionSettings
+from llm_dit.results.settings import ConditionSettings
 
 SURGERY = ("surgery",)
 

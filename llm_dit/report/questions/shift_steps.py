@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from callbacks.figures import pareto_front
+from llm_dit.results.figures import pareto_front
 from llm_dit.report.questions.base import Answer, Context, Question, fmt
 from llm_dit.report.questions.hidden_layer import q1_3
-from llm_dit.report.stats import paired_difference
-from llm_dit.report.tables import condition_quality, condition_seconds, pareto_points
+from llm_dit.results.stats import paired_difference
+from llm_dit.results.tables import condition_quality, condition_seconds, pareto_points
 
 TIMING_NOTE = "seconds per image on this machine, warm-up batches left out (machine-dependent: compare within one run only)"
 

@@ -16,7 +16,7 @@ from llm_dit.report.questions.base import (
     type_filter,
 )
 from llm_dit.report.questions.topics import is_contradictory, system_roles
-from llm_dit.report.settings import ConditionSettings
+from llm_dit.results.settings import ConditionSettings
 
 SYSTEM = ("encoding.system_prompt",)
 PHOTO_TYPES = ("photo", "portrait", "landscape", "realistic")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from llm_dit.report.questions.base import Answer, Context, Question, fmt, probe_metrics, token_column
 from llm_dit.report.questions.hidden_layer import q1_4
 from llm_dit.report.questions.topics import thinking_topics
-from llm_dit.report.settings import THINK_KEYS, ConditionSettings
+from llm_dit.results.settings import THINK_KEYS, ConditionSettings
 
 
 def _no_think(settings: ConditionSettings) -> bool:

@@ -7,7 +7,7 @@ transform and uses none (or ``baseline``, which leaves the prompt as it is).
 from __future__ import annotations
 
 from llm_dit.report.questions.base import Answer, Context, Question, vs_reference
-from llm_dit.report.settings import ConditionSettings
+from llm_dit.results.settings import ConditionSettings
 
 TRANSFORM = ("prompt_transform",)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.sampling.settings import SamplerSettings
+from surgery.spec import variant_class
 
 ENCODING_KEYS = tuple(f.name for f in dataclasses.fields(EncodingOptions))
 SAMPLER_KEYS = tuple(f.name for f in dataclasses.fields(SamplerSettings))
@@ -194,10 +195,8 @@ def _normalized_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """
     out = {"target": REFINER, **spec}
     try:
-        from surgery.spec import variant_class
-
         cls = variant_class(str(spec.get("variant")))
-    except (ImportError, ValueError):
+    except ValueError:
         return out
     for f in dataclasses.fields(cls):
         if f.name not in out and f.default is not dataclasses.MISSING:

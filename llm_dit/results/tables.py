@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from llm_dit.report.run_data import RunData, direction, encoding_value, meta
-from llm_dit.report.stats import Estimate, cluster_bootstrap_mean, paired_difference
+from llm_dit.results import figures
+from llm_dit.results.run_data import RunData, direction, encoding_value, meta
+from llm_dit.results.stats import Estimate, cluster_bootstrap_mean, paired_difference
 
 QUALITY_PREFERENCE = ("clip_score", "clip_score_random_init", "detail_score", "detail_score_random_init")
 FID_NAMES = ("fid", "fid_random_init")
@@ -174,8 +175,6 @@ def study_figures(run: RunData, quality: str | None, heatmap_metrics: list[str],
     curves, the cosine matrix and refiner drift: each only where the run has its data.
     `curve_options` go to `compression_curves` (bootstrap size and seed).
     """
-    from callbacks import figures
-
     made: dict[str, Any] = {}
     for metric in dict.fromkeys(heatmap_metrics):
         table = prompt_type_table(run, metric)

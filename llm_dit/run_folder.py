@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from llm_dit.models.fingerprint import model_fingerprint  # noqa: F401  (re-exported: runs record it)
 
 LOCK_FILE = "run.lock"
 
@@ -103,17 +104,6 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def model_fingerprint(module: Any) -> str:
-    """SHA-256 over parameter names, shapes and a strided sample of values: cheap, stable, weight-sensitive."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 64)][:64].float().cpu()
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def components_fingerprint(pl_module: Any) -> str | None:

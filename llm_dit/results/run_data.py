@@ -10,7 +10,7 @@ Files read from a run directory:
   ``metric.<name>`` columns, prompt metadata in ``metadata`` (or ``meta.<key>``);
 * ``study.json``: name, kind, control, baseline encoding / sampler, conditions
   [{name, encoding, sampler, surgery, prompt_transform, variables}] (see
-  ``llm_dit.report.settings`` for how a condition's settings are read);
+  ``llm_dit.results.settings`` for how a condition's settings are read);
 * ``environment.json``: weights, transformer fingerprint, package versions;
 * ``set_metrics.json``: ``{metric: {"kind", "conditions": {name: {"value", "n",
   "per_prompt"?}}, "info"}}`` from the metric callbacks;
@@ -34,10 +34,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from callbacks.writer import read_rows  # one reader for the results table, torn lines and all
-from llm_dit.report.settings import ConditionSettings, condition_settings
+from llm_dit.results.table import RESULTS, read_rows  # one reader for the results table, torn lines and all
+from llm_dit.results.settings import ConditionSettings, condition_settings
 
-RESULTS = "results.jsonl"
 SET_METRICS = "set_metrics.json"
 ANALYSIS = "embedding_analysis.json"
 ENVIRONMENT = "environment.json"

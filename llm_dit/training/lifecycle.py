@@ -1,4 +1,4 @@
-"""What ZImageModule's training hooks do; the module only delegates here.
+"""The fit lifecycle of ZImageModule: what its training hooks do (the module only delegates here).
 
 Order within a fit (Lightning 2.6): datamodule.setup -> configure_model (loads
 the weights, then `configure_training`: adapter swapped in, caption/latent cache
@@ -14,30 +14,31 @@ from typing import Any
 import torch
 
 from llm_dit.encoding.options import EncodingOptions
+from llm_dit.models.placement import free_text_encoder, release_cached_memory
+from llm_dit.run_folder import run_dir
 from llm_dit.training.adapters import TrainableAdapter, freeze
 from llm_dit.training.config import AdapterConfig, FlowMatchObjective
-from llm_dit.training.objective import draw_noise, flow_matching_loss
+from llm_dit.training.objective import draw_noise, flow_matching_loss, validation_noise
 from llm_dit.training.validation import ValidationSettings, log_grid, sample_grid
 
 ADAPTER_FOLDER = "adapter"
 TRAINING_STAGES = ("fit", "validate")
 
 
-def init_training(module: Any, adapter: Any, objective: Any, validation_prompts: list[str] | None,
-                  validation_seeds: list[int] | None, validation_sampler: dict[str, Any] | None) -> None:
-    """Validate the training options (config time: no model yet) and keep them on the module."""
-    module.adapter_config = AdapterConfig.coerce(adapter)
-    module.objective = FlowMatchObjective.coerce(objective)
+def init_training(module: Any, fit: Any) -> None:
+    """Validate the training options (module.fit_settings; config time: no model yet) and keep them on the module."""
+    module.adapter_config = AdapterConfig.coerce(fit.adapter)
+    module.objective = FlowMatchObjective.coerce(fit.objective)
     module.validation_settings = ValidationSettings(
-        list(validation_prompts or []), list(validation_seeds or [0]), dict(validation_sampler or {})
+        list(fit.validation_prompts or []), list(fit.validation_seeds or [0]), dict(fit.validation_sampler or {})
     )
     module.trainable_adapter = None
     module.training_info = {}
     if module.adapter_config is not None:
         module.strict_loading = False  # checkpoints hold the adapter's tensors only
     # Plain data in hparams: checkpoints then load with weights_only and hparams.yaml stays readable.
-    module.hparams["adapter"] = None if module.adapter_config is None else module.adapter_config.to_dict()
-    module.hparams["objective"] = vars(module.objective).copy()
+    module.hparams["fit"]["adapter"] = None if module.adapter_config is None else module.adapter_config.to_dict()
+    module.hparams["fit"]["objective"] = vars(module.objective).copy()
 
 
 def configure_training(module: Any) -> None:
@@ -50,7 +51,7 @@ def configure_training(module: Any) -> None:
     module.trainable_adapter = TrainableAdapter(module.transformer, module.adapter_config)
     freeze(module.text_encoder)
     freeze(module.vae)
-    if module.hparams.get("gradient_checkpointing"):
+    if module.fit_settings.gradient_checkpointing:
         module.transformer.enable_gradient_checkpointing()
     _prepare_data(module, trainer)
 
@@ -79,8 +80,6 @@ def _prepare_data(module: Any, trainer: Any) -> None:
 def release(module: Any, name: str) -> None:
     """Free a component no longer needed (weights to the meta device) and take it out of the
     module tree, so neither DDP nor Lightning's teardown (`module.cpu()`) touches it."""
-    from llm_dit.models.placement import free_text_encoder, release_cached_memory
-
     component = module._modules.pop(name, None)
     if component is None:
         return
@@ -101,8 +100,6 @@ def training_step(module: Any, batch: dict[str, Any]) -> torch.Tensor:
 
 def validation_step(module: Any, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
     """Loss at fixed noise and sigmas (comparable across steps); the sample grid on the first batch."""
-    from llm_dit.fit_data import validation_noise
-
     x0 = batch["latents"].float()
     noise, sigma = validation_noise(batch["index"], x0)
     loss = flow_matching_loss(module.transformer, x0, noise, sigma, _captions(module, batch))
@@ -121,7 +118,7 @@ def _captions(module: Any, batch: dict[str, Any]) -> list[torch.Tensor]:
 def configure_optimizers(module: Any) -> dict[str, Any]:
     """AdamW over the adapter's parameters only, with optional linear warmup per optimizer step."""
     if module.trainable_adapter is None:
-        raise ValueError("fit trains a context-refiner style adapter: set model.adapter, e.g. {variant: lora, rank: 16}")
+        raise ValueError("fit trains a context-refiner style adapter: set model.fit.adapter, e.g. {variant: lora, rank: 16}")
     config = module.adapter_config
     optimizer = torch.optim.AdamW(module.trainable_adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if not config.warmup_steps:
@@ -153,7 +150,7 @@ def on_load_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
     if missing:
         raise ValueError(
             f"the checkpoint lacks {len(missing)} adapter tensor(s), e.g. {missing[0]}: it was saved with another "
-            f"model.adapter configuration than {module.adapter_config.to_dict()}"
+            f"model.fit.adapter configuration than {module.adapter_config.to_dict()}"
         )
 
 
@@ -161,8 +158,6 @@ def export_adapter(module: Any) -> None:
     """At fit end: `<run>/adapter/` (rank 0), for `{variant: style_adapter, path: ...}` in predict."""
     if module.trainable_adapter is None or not module.trainer.is_global_zero:
         return
-    from llm_dit.run import run_dir
-
     info = {**module.training_info, "global_step": module.global_step, "objective": vars(module.objective).copy()}
     folder = module.trainable_adapter.export(run_dir(module.trainer) / ADAPTER_FOLDER, info)
     module.exported_adapter = folder

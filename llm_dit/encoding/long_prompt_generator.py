@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_dit.encoding.template import render_chat_text
-from llm_dit.study import PromptSpec
+from llm_dit.encoding.prompt_spec import PromptSpec
+from llm_dit.models.tiny import load_bundled_tokenizer
 
 GENERATOR_KINDS = ("long_prompt",)
 CONSTRUCTIONS = ("front_heavy", "back_heavy", "distributed", "repetitive")
@@ -169,8 +170,6 @@ def generate_prompts(
 def _generate_with_bundled_tokenizer(
     lengths: tuple[int, ...], constructions: tuple[str, ...], elements: tuple[str, ...], seed: int, repeat_every: int
 ) -> tuple[PromptSpec, ...]:
-    from llm_dit.models import load_bundled_tokenizer
-
     prompts = generate_prompts("long_prompt", lengths, constructions, elements, load_bundled_tokenizer(), seed, repeat_every)
     return tuple(prompts)
 
