@@ -269,9 +269,9 @@ def test_serve_takes_any_model_option_and_binds_locally(tmp_path):
     from llm_dit.lab.serve import build_parser
 
     options = build_parser().parse_args(["--model.weights", "tiny-random", "--model.dtype", "bfloat16",
-                                         "--model.tiny_seed", "3", "--folder", str(tmp_path / "lab")])
+                                         "--model.load.tiny_seed", "3", "--folder", str(tmp_path / "lab")])
     assert options.host == "127.0.0.1"
-    assert (options.model.weights, options.model.dtype, options.model.tiny_seed) == ("tiny-random", "bfloat16", 3)
+    assert (options.model.weights, options.model.dtype, options.model.load.tiny_seed) == ("tiny-random", "bfloat16", 3)
 
 
 def test_serve_takes_a_study_config_as_model_and_baseline(tmp_path):
@@ -305,5 +305,5 @@ def test_the_lab_runs_on_saved_embeddings(tmp_path):
 
 def test_a_lab_cannot_free_its_encoder(tmp_path):
     with pytest.raises(ValueError, match="--model.embeddings"):
-        LabSession(ZImageModule(weights="tiny-random", free_encoder_after_encoding=True), tmp_path / "lab")
+        LabSession(ZImageModule(weights="tiny-random", predict={"free_encoder_after_encoding": True}), tmp_path / "lab")
     assert not (tmp_path / "lab").exists()

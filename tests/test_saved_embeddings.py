@@ -193,7 +193,7 @@ def test_fit_refuses_saved_embeddings(encoded, weights):
 
     _, folder = encoded
     with pytest.raises(ValueError, match="for predict and serve"):
-        ZImageModule(weights=str(weights), embeddings=str(folder), adapter={"variant": "lora"})
+        ZImageModule(weights=str(weights), embeddings=str(folder), fit={"adapter": {"variant": "lora"}})
 
 
 def test_single_files_load_without_the_encoder(tmp_path, monkeypatch):

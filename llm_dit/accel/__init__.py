@@ -9,7 +9,7 @@
 - attention backend: cuDNN on Hopper, called directly without copies (`attention`);
 - q/k RMSNorm + RoPE as one Triton kernel on CUDA (`qk_kernel`);
 - opt-in: q/k/v and SwiGLU w1/w3 as one GEMM each, on cached concatenated weights
-  (`fused`; measured no faster at full size, +7.3 GiB: benchmarks/NOTES.md, v2);
+  (`fused`; measured no faster at full size, for a second copy of those weights: benchmarks/NOTES.md, v2);
 - regional compile, shape-generic, no recompiles across prompts (`compile`);
 - fp8 row-wise scaled linears (`fp8`), opt-in, changes images slightly.
 
@@ -126,9 +126,8 @@ def accelerate(
     `real_rope` defaults to `compile`: it only pays when Inductor fuses it; eager, the
     complex product is fewer kernels (measured: benchmarks/NOTES.md).
     `fuse_projections` (True: q/k/v and w1/w3, "qkv" or "ffn": one of them; None/False:
-    none) is off by default: the fused weights are a cached second copy (+7.3 GiB at full
-    size in bf16) and the compiled forward measured no faster with them (H200, v2 ablation:
-    96.0 ms separate, 96.8 fused q/k/v, 97.9 both; run-to-run noise ~1 ms).
+    none) is off by default: the fused weights are a cached second copy and the compiled
+    forward measured no faster with them (benchmarks/NOTES.md, v2 ablation).
     `qk_kernel` (default: with `compile`) runs q/k RMSNorm + RoPE as one Triton kernel on CUDA
     (`llm_dit.accel.qk_kernel`); elsewhere the processor keeps the separate operations.
     """

@@ -18,7 +18,7 @@ Since v2 the processor also
   `_native_cudnn` copies q, k, v to [B, H, L, D] and chooses the kernel through an
   `sdpa_kernel` context that the compiled graph has to honour. (On torch 2.11 with
   cuDNN 9.19 SDPA picks cuDNN on Hopper by itself, so diffusers' default runs the same
-  kernel; what this saves is the copies, ~1.5 ms per compiled 1024^2 forward.)
+  kernel; what this saves is the copies: benchmarks/NOTES.md.)
 
 Other backends, and masked calls, go through diffusers' attention dispatcher. Those
 that take a key mask work for any batch; those that refuse masks (flash, sage) are

@@ -94,8 +94,7 @@ def compile_text_encoder(
     """Compile each Qwen3 decoder layer in place (shape-generic: any prompt length, no recompiles).
 
     At batch 1 and a few dozen tokens the encoder is launch-bound, not FLOP-bound: eager
-    transformers issues ~20 kernels and a Python layer per decoder layer (~1 ms each on an
-    H100); compiled, RMSNorm, RoPE and SwiGLU each become one kernel. Forward hooks (the
+    transformers issues many small kernels and a Python layer per decoder layer; compiled, RMSNorm, RoPE and SwiGLU each become one kernel. Forward hooks (the
     encoder's hidden-state capture) stay outside the compiled region, and
     `llm_dit.encoding.encoder` slicing the layer list keeps working because each layer
     carries its own compiled forward.
@@ -118,7 +117,7 @@ def compile_vae_decoder(
     separate pass over activations of up to 128 x 1024^2 per image; Inductor fuses them
     into the convolutions' neighbours and picks the convolution layout itself. Static
     shapes: one graph per (batch, resolution), which a study has few of; a shape-generic graph
-    ran b4 at 51 ms per image against 36 ms for the static b1 graph (H200, benchmarks/NOTES.md).
+    ran slower per image than the static ones (benchmarks/NOTES.md).
     """
     return compile_forwards([vae.decoder], dynamic=False, mode=mode, backend=backend, registry=registry)
 

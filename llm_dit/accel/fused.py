@@ -4,9 +4,9 @@ Z-Image's blocks multiply the same activations by `to_q`, `to_k`, `to_v` (3 x 38
 and by `w1`, `w3` (2 x 10240). One product with the concatenated weight computes exactly
 the same dot products (only the GEMM kernel's bf16 rounding may differ) in fewer, larger
 kernels. Opt-in (`accelerate(fuse_projections=...)`): in isolation the larger GEMMs run
-faster (q/k/v at N = 11520: 765 vs 687 TFLOP/s at N = 3840, H200), but in the compiled
-full-size forward the GEMMs run power-capped (~1600 of 1980 MHz) at ~725 TFLOP/s either
-way, and the forward measured no faster (benchmarks/NOTES.md, v2), for +7.3 GiB.
+faster, but in the compiled full-size forward the GEMMs run power-capped at the same rate
+either way, and the forward measured no faster (benchmarks/NOTES.md, v2), for a second copy
+of the fused weights.
 
 The modules and their parameters are left as they are: `state_dict`, surgery, hooks and
 LoRA see the original `to_q`/`to_k`/`to_v`/`w1`/`w3`. The concatenated weight is a cached
@@ -32,8 +32,8 @@ Marking a module for fusion (its source names, the two buffers, the feed-forward
 forward) goes through a `surgery.HookRegistry`: it shows in `surgery.live_hooks()`, and
 `remove_fused_projections` / `surgery.remove_all` undo it.
 
-Memory: a second copy of the fused weights, 88 MB (q/k/v) + 157 MB (w1/w3) per full-size
-bf16 block, 7.3 GiB for the 32 blocks (3.7 GiB in fp8).
+Memory: a second copy of the fused weights (q/k/v and w1/w3 of every block; sizes in
+benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

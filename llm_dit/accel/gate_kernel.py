@@ -2,9 +2,9 @@
 
 In the fp8 DiT the feed-forward's down projection w2 takes silu(w1 x) * w3 x quantized
 per token. Inductor fused that into one kernel, but as a two-pass reduction: one pass over
-both 10240-wide bf16 rows for the row's amax, a second to scale and write (129 us per block
-at 1024^2, ~4.1 ms per forward; H200 v3 profile). Here one program holds a whole row in
-registers, so w1 x and w3 x are read once: 170 MB in, 42 MB out per block.
+both 10240-wide bf16 rows for the row's amax, a second to scale and write (its cost per
+forward: benchmarks/NOTES.md, v3 profile). Here one program holds a whole row in
+registers, so w1 x and w3 x are read once.
 
 The arithmetic follows the eager path step by step (`F.silu` rounded to the activation
 dtype, times w3 x rounded, then `llm_dit.accel.fp8.quantize_rowwise`: amax in float32,

@@ -22,8 +22,8 @@ steps, `load_state_dict`), tracked through the tensors' version counters.
 
 Matching without a device sync: `torch.equal` on CUDA tensors returns a Python bool,
 so it waits for the GPU every step and leaves it idle while the CPU launches the
-next kernels (~1 ms per step at 1024^2, which cost more than the refiner's two blocks
-on a few dozen tokens). So the cache also records, through a forward pre-hook on the
+next kernels (more time than the refiner's two blocks on a few dozen tokens take;
+benchmarks/NOTES.md). So the cache also records, through a forward pre-hook on the
 transformer, which caption tensors the call received. The refiner's input is a
 function of those tensors (their values), the caption embedder and the pad token, and
 the stored entry keeps the caption tensors alive, so when the same tensor objects come

@@ -81,7 +81,7 @@ class EncoderIdentity:
 
 def encoder_identity(weights: Any, text_encoder_override: str | None = None, tiny_seed: int = 0,
                      allow_pickle: bool = False) -> EncoderIdentity:
-    """The encoder that `--model.weights` (and `--model.text_encoder_override`) would load, without loading it.
+    """The encoder that `--model.weights` (and `--model.load.text_encoder_override`) would load, without loading it.
 
     Files: config.json, each weights file's size, its first 64 KiB (the safetensors header: every
     tensor's name, shape, dtype and offset) and 64 bytes at 64 evenly spaced offsets; and the

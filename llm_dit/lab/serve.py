@@ -48,7 +48,6 @@ def build_parser() -> ArgumentParser:
 
 def build_lab(args: list[str]) -> tuple[Any, Any]:
     """(FastAPI app, parsed options): parse, build the module, load the model into a LabSession."""
-
     parser = build_parser()
     options = parser.parse_args(args)
     init = parser.instantiate_classes(options)
@@ -62,7 +61,6 @@ def build_lab(args: list[str]) -> tuple[Any, Any]:
 
 def serve_main(args: list[str]) -> None:
     import uvicorn
-
 
     quiet.install()
     app, options = build_lab(args)

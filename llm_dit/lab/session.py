@@ -121,7 +121,7 @@ class LabSession:
     def __init__(self, module: ZImageModule, folder: str | os.PathLike, encoding: dict[str, Any] | None = None,
                  sampler: dict[str, Any] | None = None, accelerator: str = "auto") -> None:
         if module.predict_settings.free_encoder_after_encoding:
-            raise LabError("model.free_encoder_after_encoding frees the encoder after the first request's prompts, "
+            raise LabError("model.predict.free_encoder_after_encoding frees the encoder after the first request's prompts, "
                            "so the lab could not encode the next ones; leave it out, or serve saved embeddings "
                            "(--model.embeddings DIR) to run without the encoder")
         self.module = module
