@@ -44,7 +44,6 @@ def register_variant(name: str) -> Callable[[SpecT], SpecT]:
 
 
 def variant_names() -> list[str]:
-    _load_builtin_variants()
     return sorted(VARIANTS)
 
 
@@ -116,7 +115,6 @@ class SurgerySpec:
 
 
 def variant_class(name: str) -> type[SurgerySpec]:
-    _load_builtin_variants()
     if name not in VARIANTS:
         raise ValueError(f"unknown surgery variant {name!r}; valid variants: {', '.join(sorted(VARIANTS))}")
     return VARIANTS[name]
@@ -196,11 +194,6 @@ def check_index_range(spec: SurgerySpec, indices: Sequence[int], n_blocks: int) 
 
 def _required(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-
-
-def _load_builtin_variants() -> None:
-    # Imported lazily: variants.py imports this module to subclass SurgerySpec.
-    import surgery.variants  # noqa: F401
 
 
 __all__ = ["VARIANTS", "SurgerySpec", "parse_specs", "register_variant", "validate_specs", "variant_names"]

@@ -42,7 +42,6 @@ ALLOWED_FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
     ("llm_dit.accel.fp8", "llm_dit.accel.gate_kernel"): "Triton kernels: optional, compiled on first use",
     ("llm_dit.accel.gate_kernel", "llm_dit.accel.fp8"): "Triton kernels: optional, compiled on first use",
     ("llm_dit.cli", "llm_dit.lab.serve"): "FastAPI + uvicorn: loaded only by `serve`",
-    ("surgery.spec", "surgery.variants"): "the built-in variants register into spec's table on first use (variants imports spec)",
 }
 
 # Owned by parallel work of issue 19 (the hook-registry branch moves the Z-Image pieces out of
