@@ -107,12 +107,23 @@ def package_versions() -> dict[str, str | None]:
 
 
 def components_fingerprint(pl_module: Any) -> str | None:
-    """Fingerprint of every part that shapes an image: text encoder, transformer and VAE."""
-    parts = [getattr(pl_module, name, None) for name in ("text_encoder", "transformer", "vae")]
-    parts = [part for part in parts if part is not None]
-    if not parts:
+    """Fingerprint of every part that shapes an image: text encoder, transformer and VAE.
+
+    Generating from saved embeddings, the text encoder is never loaded: its part is the
+    fingerprint the embeddings recorded of the encoder that made them (the same function of
+    the same weights), so a run folder resumes whether its prompts are encoded live or read.
+    """
+    saved = getattr(pl_module, "saved_embeddings", None)
+    fingerprints = []
+    for name in ("text_encoder", "transformer", "vae"):
+        part = getattr(pl_module, name, None)
+        if part is not None:
+            fingerprints.append(model_fingerprint(part))
+        elif name == "text_encoder" and saved is not None and saved.encoder.get("weights_fingerprint"):
+            fingerprints.append(saved.encoder["weights_fingerprint"])
+    if not fingerprints:
         return None
-    return hashlib.sha256("".join(model_fingerprint(part) for part in parts).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:16]
 
 
 def write_run_record(trainer: L.Trainer, pl_module: Any, folder: Path) -> None:

@@ -131,6 +131,18 @@ def test_saved_embeddings_equal_live_encoding_and_never_build_the_encoder(encode
         assert other.read_bytes() == png.read_bytes(), png.name
 
 
+def test_a_live_run_folder_resumes_from_saved_embeddings(encoded, tmp_path, monkeypatch):
+    """The same images either way, so the run folder resumes: nothing is made again, no row rewritten."""
+    config, folder = encoded
+    cli_main(["predict", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
+    table = tmp_path / "lightning_logs" / "saved" / "results.jsonl"
+    before = table.read_bytes()
+    forbid_encoder(monkeypatch)
+    cli_main(["predict", "--config", str(config), "--trainer.default_root_dir", str(tmp_path),
+              "--model.embeddings", str(folder)])
+    assert table.read_bytes() == before
+
+
 def test_another_encoder_is_refused_before_any_model_loads(encoded, other_weights, tmp_path, capsys, monkeypatch,
                                                           no_encoder):
     config, folder = encoded
