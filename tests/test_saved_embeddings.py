@@ -244,7 +244,7 @@ def test_features_that_depend_on_batch_mates_are_saved_as_predict_computes_them(
     options = EncodingOptions(max_length=12, long_prompt_mode="pool")
     config = {
         "trainer": {"accelerator": "cpu", "devices": 1},
-        "model": {"weights": "tiny-random", "encoder_padding": "diffusers"},
+        "model": {"weights": "tiny-random", "predict": {"encoder_padding": "diffusers"}},
         "data": {"class_path": "llm_dit.data.StudyDataModule", "init_args": {"batch_size": 2, "study": {
             "name": "pooled", "prompts": [short, long], "seeds": [1], "sampler": STUDY["sampler"],
             "encoding": {"max_length": 12, "long_prompt_mode": "pool"}}}},
