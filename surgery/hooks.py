@@ -132,6 +132,19 @@ def _changes(model: nn.Module | None) -> list[tuple[int, LiveChange]]:
     return [(key, change) for key, change in items if id(change.module()) in tree]
 
 
+def _put_back(target: nn.Module | None, attribute: str, previous: Any) -> None:
+    """Undo of a set attribute or bound forward: the old value back, or none when there was none.
+    A `(function,)` tuple is a method of the module itself, re-bound now (no strong reference kept)."""
+    if target is None:  # the module is gone: nothing to undo
+        return
+    if previous is _MISSING:
+        target.__dict__.pop(attribute, None)
+    elif isinstance(previous, tuple):
+        setattr(target, attribute, types.MethodType(previous[0], target))
+    else:
+        setattr(target, attribute, previous)
+
+
 class HookRegistry:
     """Adds hooks, swaps and rebinds to a model and undoes exactly those, LIFO.
 
@@ -219,36 +232,14 @@ class HookRegistry:
             previous = (previous.__func__,)  # re-bound on undo: no strong reference to the module
         module.forward = types.MethodType(function, module)
         module_ref = weakref.ref(module)
-
-        def undo() -> None:
-            target = module_ref()
-            if target is None:
-                return
-            if previous is _MISSING:
-                target.__dict__.pop("forward", None)
-            elif isinstance(previous, tuple):
-                target.forward = types.MethodType(previous[0], target)
-            else:
-                target.forward = previous
-
-        self._track("forward", name, module, undo)
+        self._track("forward", name, module, lambda: _put_back(module_ref(), "forward", previous))
 
     def set_attribute(self, module: nn.Module, attribute: str, value: Any, *, name: str) -> None:
         """`setattr(module, attribute, value)` for a plain attribute; undo sets the old value back (or deletes it)."""
         previous = module.__dict__.get(attribute, _MISSING)
         setattr(module, attribute, value)
         module_ref = weakref.ref(module)
-
-        def undo() -> None:
-            target = module_ref()
-            if target is None:
-                return
-            if previous is _MISSING:
-                target.__dict__.pop(attribute, None)
-            else:
-                setattr(target, attribute, previous)
-
-        self._track("attribute", name, module, undo)
+        self._track("attribute", name, module, lambda: _put_back(module_ref(), attribute, previous))
 
     def add_buffer(self, module: nn.Module, buffer: str, tensor: torch.Tensor | None, *, name: str, persistent: bool = False) -> None:
         """`module.register_buffer(buffer, tensor, persistent)` for a new buffer; undo deletes it."""
