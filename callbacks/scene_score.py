@@ -58,6 +58,7 @@ class SceneScoreCallback(ItemMetricCallback):
         self.overlay_images = overlay_images
         self._overlays_sent = 0
         self._last_scores: list[SceneScore] = []
+        self._last_scored: tuple[list[Any], np.ndarray] = ([], np.zeros((0, 1, 1, 3), np.uint8))  # items, pixels
         self._chance: dict[str, dict[str, float | None]] = {}
 
     @property
@@ -76,6 +77,9 @@ class SceneScoreCallback(ItemMetricCallback):
         pixels = self._pixels(batch.images)
         out: dict[str, list[float | None]] = {name: [] for name in METRIC_NAMES}
         self._last_scores = []
+        # Only the batch's new items are scored (resumed ones keep their stored values): the
+        # overlays pair these scores with these items, never with the whole batch.
+        self._last_scored = (list(batch.items), pixels)
         for item, image in zip(batch.items, pixels):
             text = item.original_prompt if self.prompt == "original" else item.prompt
             result = score_image(image, text)
@@ -110,14 +114,14 @@ class SceneScoreCallback(ItemMetricCallback):
     ) -> None:
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
         if self._last_scores and trainer.is_global_zero and self._overlays_sent < self.overlay_images:
-            self._send_overlays(trainer, outputs)
+            self._send_overlays(trainer)
 
-    def _send_overlays(self, trainer: Trainer, outputs: Any) -> None:
+    def _send_overlays(self, trainer: Trainer) -> None:
         experiment = getattr(getattr(trainer, "logger", None), "experiment", None)
         if experiment is None or not hasattr(experiment, "add_image"):
             return
-        pixels = self._pixels(outputs.images)
-        for item, image, result in zip(outputs.items, pixels, self._last_scores):
+        items, pixels = self._last_scored
+        for item, image, result in zip(items, pixels, self._last_scores):
             if self._overlays_sent >= self.overlay_images or result.detections is None:
                 break
             verdict = "no facts" if result.all_hold is None else f"{sum(r.holds for r in result.results)}/{len(result.results)} facts"

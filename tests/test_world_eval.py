@@ -10,6 +10,7 @@ measurement are in benchmarks/world_eval.py (numbers in benchmarks/NOTES.md).
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,21 @@ def test_chance_level_counts_random_scenes():
 def test_shipped_prompt_files_match_their_generator():
     for name, text in expected_files().items():
         assert (FOLDER / name).read_text(encoding="utf-8") == text, f"regenerate {name}: python -m llm_dit.world.prompt_sets"
+
+
+def test_overlays_pair_scores_with_the_items_that_were_scored():
+    """A batch that mixes a resumed item (not scored again) with a new one: the one overlay shows the new item."""
+    scene = sample_scene(82_000, n_objects=1)
+    text = caption(scene, 0, "plain")
+    resumed, new = (Item(f"c/p00{i}_s1", "c", 0, i, text, text, 1) for i in range(2))
+    pixels = torch.from_numpy(render_batch([scene, scene], 64, seed=0)).permute(0, 3, 1, 2).float() / 255
+    batch = Batch([resumed, new], pixels)
+    batch.resumed = [True, False]
+    sent = []
+    experiment = SimpleNamespace(add_image=lambda tag, image, **kwargs: sent.append(tag))
+    trainer = SimpleNamespace(logger=SimpleNamespace(experiment=experiment), is_global_zero=True)
+    callback = SceneScoreCallback(overlay_images=8)
+    callback.score_batch(batch, SimpleNamespace(device=torch.device("cpu")))
+    callback._send_overlays(trainer)
+    assert batch.metrics["world_all"] == [None, 1.0]  # the resumed item keeps its (absent) stored value
+    assert sent == [f"world_overlay/c/p{new.prompt_index}_s1"]
