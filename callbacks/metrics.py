@@ -247,20 +247,12 @@ def update_set_metrics(run_dir: Path, entries: Mapping[str, Any]) -> Path:
 
 
 def read_results_table(run_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """Rows of results.jsonl and its per-rank shards by item_id ({} when absent); for resumed items."""
-    if run_dir is None:
-        return {}
-    rows: dict[str, dict[str, Any]] = {}
-    for path in [Path(run_dir) / "results.jsonl", *sorted(Path(run_dir).glob("results.rank*.jsonl"))]:
-        if not path.is_file():
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line after a crash
-                continue
-            rows.setdefault(str(row.get("item_id")), row)
-    return rows
+    """Rows of results.jsonl and its per-rank shards by item_id ({} when absent); for resumed items.
+
+    The same reading as every summary (`llm_dit.results.table.all_rows`): an item made again
+    (a changed setting, a damaged PNG) is represented by its newest row, not its first.
+    """
+    return {} if run_dir is None else all_rows(Path(run_dir))
 
 
 def table_rows(trainer: Any, local_rows: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:

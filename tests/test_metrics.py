@@ -569,3 +569,14 @@ def test_clip_loads_a_local_weights_file(tmp_path, tiny_clip):
     ours, reference = local.score(batch, torch.device("cpu")), random_init.score(batch, torch.device("cpu"))
     assert ours["clip_score"] == pytest.approx([v / 40 for v in reference["clip_score_random_init"]])  # 2.5 vs 100
     assert local.info("clip_score")["convention"] == "hessel: 2.5*max(cos,0)"
+
+
+def test_stored_values_of_resumed_items_come_from_the_newest_row(tmp_path):
+    """An item made again (changed setting, damaged PNG) has a newer row in a shard: resumed items read that."""
+    from callbacks.metrics import read_results_table
+    from llm_dit.results.table import all_rows
+
+    (tmp_path / "results.jsonl").write_text(json.dumps({"item_id": "c/p000_s1", "detail_score": 0.1}) + "\n")
+    (tmp_path / "results.rank0.jsonl").write_text(json.dumps({"item_id": "c/p000_s1", "detail_score": 0.9}) + "\n")
+    assert read_results_table(tmp_path)["c/p000_s1"]["detail_score"] == 0.9
+    assert read_results_table(tmp_path) == all_rows(tmp_path)  # the summaries' reading
