@@ -147,6 +147,9 @@ def flat_options(hparams: Any) -> dict[str, Any]:
 
 
 GROUP_CLASSES = {"load": LoadSettings, "speed": SpeedSettings, "predict": PredictSettings, "fit": FitSettings}
+OPTION_PATHS = {f.name: f"{group}.{f.name}" for group, cls in GROUP_CLASSES.items() for f in fields(cls)}
+"""A flat option's place on the command line (`tiny_seed` -> `load.tiny_seed`): resume
+fingerprints keep the flat names, messages show where to set them."""
 
 
 def group_options(**options: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from llm_dit.module_settings import flat_options
+from llm_dit.module_settings import OPTION_PATHS, flat_options
 from llm_dit.run_folder import RunFolderError
 from llm_dit.study import StudyItem
 
@@ -100,7 +100,7 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
-        name = f"{prefix}{key}"
+        name = f"{prefix}{OPTION_PATHS.get(key, key) if prefix == 'model.' else key}"
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, prefix=f"{name}.")
         elif key == "prompt":

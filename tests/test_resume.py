@@ -134,7 +134,7 @@ def test_changed_weights_stop_before_the_first_image(copy):
 
 def test_model_options_are_settings(copy, monkeypatch):
     no_model_loads(monkeypatch)
-    with pytest.raises(RunFolderError, match="model.tiny_seed 0 -> 1"):
+    with pytest.raises(RunFolderError, match="model.load.tiny_seed 0 -> 1"):
         run(copy, study_spec(), tiny_seed=1)
 
 
