@@ -47,6 +47,16 @@ def _quoted(ctx: Context, condition: str) -> str:
     return f"{condition} system prompt: " + (repr(text[:80]) + ("…" if len(text) > 80 else "") if text else "none")
 
 
+def _without_system_prompt(ctx: Context, a: Answer, cond: str) -> str | None:
+    """The condition with `cond`'s settings but no system prompt, or None; either way `a` says which."""
+    without = ctx.reference(cond, SYSTEM, _none)
+    if without is None:
+        a.lines.append(f"{cond}: no condition without a system prompt and otherwise equal settings")
+    else:
+        a.lines.append(_quoted(ctx, cond))
+    return without
+
+
 def q7_1(ctx: Context) -> Answer:
     a = Answer("Q7.1", "Does removing the system prompt save tokens without quality loss?")
     generic = ctx.select(_generic)
@@ -54,11 +64,9 @@ def q7_1(ctx: Context) -> Answer:
         return ctx.missing(a, "with a generic system prompt (no role, nothing contradictory) to remove")
     tokens = token_column(ctx)
     for cond in generic:
-        without = ctx.reference(cond, SYSTEM, _none)
+        without = _without_system_prompt(ctx, a, cond)
         if without is None:
-            a.lines.append(f"{cond}: no condition without a system prompt and otherwise equal settings")
             continue
-        a.lines.append(_quoted(ctx, cond))
         ctx.compare(a, without, against=cond, metrics=ctx.main_metrics() + ([tokens] if tokens else []))
     return a
 
@@ -75,11 +83,9 @@ def _role_question(qid: str, question: str, role: str, types: tuple[str, ...], p
             f"on prompts of type {'/'.join(types)}" if subset else "no prompt of a matching type: all prompts"
         )
         for cond in found:
-            against = ctx.reference(cond, SYSTEM, _none)
+            against = _without_system_prompt(ctx, a, cond)
             if against is None:
-                a.lines.append(f"{cond}: no condition without a system prompt and otherwise equal settings")
                 continue
-            a.lines.append(_quoted(ctx, cond))
             ctx.compare(
                 a, cond, against, metrics=ctx.main_metrics() + probe_metrics(ctx, *probes), where=where if subset else None
             )
@@ -115,11 +121,9 @@ def q7_5(ctx: Context) -> Answer:
     if not found:
         return ctx.missing(a, "whose system prompt asks for bad images (see questions/topics.py)")
     for cond in found:
-        against = ctx.reference(cond, SYSTEM, _none)
+        against = _without_system_prompt(ctx, a, cond)
         if against is None:
-            a.lines.append(f"{cond}: no condition without a system prompt and otherwise equal settings")
             continue
-        a.lines.append(_quoted(ctx, cond))
         ctx.compare(a, cond, against)
     return a
 
