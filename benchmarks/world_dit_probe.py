@@ -21,7 +21,7 @@ from llm_dit.training.objective import noisy_latents, shift_sigmas, velocity_tar
 from llm_dit.world_model.batched import batched_forward
 from llm_dit.world_model.config import StageSettings, WorldTrainingConfig
 from llm_dit.world_model.stages import DitStage
-from llm_dit.world_model.train import _dit_data
+from llm_dit.world_model.train import caption_batch, dit_tensors
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 VARIANTS = {
@@ -40,7 +40,7 @@ VARIANTS = {
 
 def probe(data, static: bool, compiled: bool, lr: float, steps: int, batch: int = 256, dropout: float = 0.0,
           beta2: float = 0.99, clip: float = 1.0) -> dict[str, float]:
-    latents, features, lengths, empty, empty_length = data
+    latents = data["latents"]
     torch.manual_seed(0)
     stage = DitStage(StageSettings(max_steps=steps, batch_size=batch, learning_rate=lr), compile=False).to(DEVICE)
     model = stage.transformer
@@ -51,13 +51,8 @@ def probe(data, static: bool, compiled: bool, lr: float, steps: int, batch: int 
     for step in range(steps):
         index = torch.randint(0, len(latents), (batch,), device=DEVICE)
         which = index * 2 + (torch.randint(0, 2, (batch,), device=DEVICE) if dropout else 0)
-        lens = lengths[which]
-        width = (int(lens.max()) + 31) // 32 * 32
-        feats = features[which, :width]
-        if dropout:
-            drop = torch.rand(batch, device=DEVICE) < dropout
-            feats = torch.where(drop[:, None, None], empty[:width][None].expand_as(feats), feats)
-            lens = torch.where(drop, empty_length, lens)
+        feats, lens = caption_batch(data, which, dropout or None)
+        width = feats.shape[1]
         x0 = latents[index]
         noise = torch.randn_like(x0)
         sigma = shift_sigmas(torch.sigmoid(torch.randn(batch, device=DEVICE)), 3.0)
@@ -86,12 +81,8 @@ def main() -> None:
     parser.add_argument("--train_scenes", type=int, default=120_000)
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args()
-    latents, features, lengths, empty_features, empty_length = _dit_data(
-        WorldTrainingConfig(train_scenes=args.train_scenes), Path(args.output_dir), DEVICE)
-    features = F.pad(features, (0, 0, 0, (-features.shape[1]) % 32))
-    empty = torch.zeros_like(features[0])
-    empty[: int(empty_length)] = empty_features[: int(empty_length)]
-    data = tuple(t.to(DEVICE) for t in (latents, features, lengths, empty, empty_length))
+    tensors = dit_tensors(WorldTrainingConfig(train_scenes=args.train_scenes), Path(args.output_dir), DEVICE)
+    data = {name: tensor.to(DEVICE) for name, tensor in tensors.items()}
     results = {}
     for name in args.variants.split(","):
         results[name] = probe(data, steps=args.steps, batch=args.batch, **VARIANTS[name])

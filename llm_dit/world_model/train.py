@@ -83,7 +83,8 @@ def _fit(module: L.LightningModule, data: _DeviceData, batches: TensorBatches, s
          steps: int, max_minutes: float) -> int:
     last = stage_dir / "checkpoints" / "last.ckpt"
     # A resumed piece draws new batches and noise: seeded by the step it starts from.
-    start_step = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"]) if last.is_file() else 0
+    # (mmap: only the step count is read here; Lightning loads the checkpoint itself below)
+    start_step = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"]) if last.is_file() else 0
     batches.seed = [batches.seed, start_step] if start_step else batches.seed
     L.seed_everything(int(np.random.default_rng(batches.seed).integers(2**31)) if start_step else batches.seed)
     original_step = module.training_step
@@ -208,31 +209,49 @@ def _dit_data(recipe: WorldTrainingConfig, output_dir: Path, device: str) -> tup
     return tensors
 
 
+def dit_tensors(recipe: WorldTrainingConfig, output_dir: Path, device: str) -> dict[str, torch.Tensor]:
+    """The DiT stage's data (on the CPU): latents, caption features padded to a multiple of 32 rows,
+    their lengths, and the empty prompt's features at that width (caption dropout)."""
+    latents, features, lengths, empty_features, empty_length = _dit_data(recipe, output_dir, device)
+    features = torch.nn.functional.pad(features, (0, 0, 0, (-features.shape[1]) % 32))
+    empty = torch.zeros(features.shape[1], features.shape[2], dtype=features.dtype)
+    empty[: int(empty_length)] = empty_features[: int(empty_length)].cpu()
+    return {"latents": latents, "features": features, "lengths": lengths, "empty": empty,
+            "empty_length": empty_length.clone()}
+
+
+def caption_batch(t: dict[str, torch.Tensor], which: torch.Tensor,
+                  dropout: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption features and lengths of rows `which`, cut to the batch's width; with `dropout`, that
+    fraction (drawn per row) becomes the empty prompt. None draws nothing.
+
+    The width is the longest caption rounded up to diffusers' multiple of 32: a handful of shapes,
+    each compiled once, instead of a data-dependent shape inside the compiled forward.
+    """
+    lens = t["lengths"][which]
+    width = min(t["features"].shape[1], (int(lens.max()) + 31) // 32 * 32)
+    feats = t["features"][which, :width]
+    if dropout is not None:
+        drop = torch.rand(which.shape, device=which.device) < dropout
+        feats = torch.where(drop[:, None, None], t["empty"][:width][None].expand_as(feats), feats)
+        lens = torch.where(drop, t["empty_length"], lens)
+    return feats, lens
+
+
 def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float, compile: bool,
               init_from_export: bool = False, static_caption_width: bool = True) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     export = output_dir / "export"
-    latents, features, lengths, empty_features, empty_length = _dit_data(recipe, output_dir, device)
+    tensors = dit_tensors(recipe, output_dir, device)
     per_scene = recipe.captions_per_scene
     dropout = recipe.caption_dropout
 
     def make_batch(t: dict[str, torch.Tensor], scene_index: torch.Tensor) -> dict[str, torch.Tensor]:
         which = scene_index * per_scene + torch.randint(0, per_scene, scene_index.shape, device=scene_index.device)
-        lens = t["lengths"][which]
-        # The batch's caption width, rounded up to diffusers' multiple of 32: a handful of shapes,
-        # each compiled once, instead of a data-dependent shape inside the compiled forward.
-        width = min(t["features"].shape[1], (int(lens.max()) + 31) // 32 * 32)
-        feats = t["features"][which, :width]
-        drop = torch.rand(which.shape, device=which.device) < dropout
-        feats = torch.where(drop[:, None, None], t["empty"][:width][None].expand_as(feats), feats)
-        lens = torch.where(drop, t["empty_length"], lens)
+        feats, lens = caption_batch(t, which, dropout)
         return {"latents": t["latents"][scene_index], "cap_feats": feats, "cap_lengths": lens}
 
-    features = torch.nn.functional.pad(features, (0, 0, 0, (-features.shape[1]) % 32))  # widths up to a multiple of 32
-    empty = torch.zeros(features.shape[1], features.shape[2], dtype=features.dtype)
-    empty[: int(empty_length)] = empty_features[: int(empty_length)].cpu()
-    data = _DeviceData({"latents": latents, "features": features, "lengths": lengths, "empty": empty,
-                        "empty_length": empty_length.clone()}, make_batch)
+    data = _DeviceData(tensors, make_batch)
     module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay, static_caption_width=static_caption_width)
     if init_from_export and (export / "transformer").is_dir() and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
         # A piece on a fresh machine without the checkpoint: continue from the exported weights
@@ -241,7 +260,7 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
         module.transformer.load_state_dict(state)
         module.ema.module.load_state_dict(state)
         _log(output_dir, {"stage": "dit", "note": "started from the exported transformer, without optimizer state"})
-    steps = _fit(module, data, TensorBatches(len(latents), recipe.dit.batch_size, recipe.seed), output_dir / "dit", recipe.dit.max_steps, max_minutes)
+    steps = _fit(module, data, TensorBatches(len(tensors["latents"]), recipe.dit.batch_size, recipe.seed), output_dir / "dit", recipe.dit.max_steps, max_minutes)
     transformer = module.ema.module.float()  # the moving average is what ships
     transformer.to(torch.bfloat16).save_pretrained(export / "transformer")
     _log(output_dir, {"stage": "dit", "steps": steps, "final_loss": float(module.trainer.callback_metrics.get("dit/loss", float("nan")))})
