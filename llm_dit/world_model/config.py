@@ -9,6 +9,7 @@ vocabulary x hidden size) dominates its size, hence the narrow hidden size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 IMAGE_SIZE = 64
 """Pixels per side the embedded model is trained at (16 x 16 latents, 64 image tokens)."""
@@ -97,6 +98,8 @@ class WorldTrainingConfig:
         caption_dropout: DiT stage: fraction of captions replaced by the empty prompt (for CFG).
         kl_weight: VAE stage: weight of the KL term next to the pixel MSE.
         ema_decay: DiT stage: decay of the exponential moving average of the weights (what ships).
+        dit_init: DiT stage: "adaln_zero" starts every block as the identity and the output at zero
+            (DiT's recipe); "diffusers" keeps the class's random start.
         vae, encoder, dit: per-stage settings.
     """
 
@@ -108,5 +111,6 @@ class WorldTrainingConfig:
     kl_weight: float = 1e-6
     vae: StageSettings = field(default_factory=lambda: StageSettings(max_steps=6000, batch_size=256, learning_rate=1e-3))
     ema_decay: float = 0.999
+    dit_init: Literal["diffusers", "adaln_zero"] = "adaln_zero"
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

@@ -13,7 +13,7 @@ generator; a stage stops at `max_steps` and resumes from Lightning's last checkp
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -104,6 +104,26 @@ class EncoderStage(_Stage):
         return loss
 
 
+DitInit = Literal["diffusers", "adaln_zero"]
+
+
+def adaln_zero_init(transformer: ZImageTransformer2DModel) -> None:
+    """DiT's "adaLN-Zero" start (Peebles & Xie 2023): every modulated block starts as the identity
+    and the output as zero.
+
+    Zeroes each block's modulation (tanh gates 0, scales 1) and the final layer's modulation and
+    projection. diffusers' class initialises from random; a from-scratch training of it needs the
+    start every DiT recipe uses, or the unbounded final-layer scale lets the loss run away
+    (benchmarks/NOTES.md, third session). The architecture and the classes stay Z-Image's.
+    """
+    modulations = [block.adaLN_modulation for block in [*transformer.noise_refiner, *transformer.layers]]
+    finals = list(transformer.all_final_layer.values())
+    with torch.no_grad():
+        for module in modulations + [final.adaLN_modulation for final in finals] + [final.linear for final in finals]:
+            for parameter in module.parameters():
+                parameter.zero_()
+
+
 class DitStage(_Stage):
     """Z-Image's DiT on (latent, caption features) pairs; caption dropout for CFG.
 
@@ -112,12 +132,14 @@ class DitStage(_Stage):
     """
 
     def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True, ema_decay: float = 0.999,
-                 static_caption_width: bool = True) -> None:
+                 static_caption_width: bool = True, init: DitInit = "diffusers") -> None:
         super().__init__(settings)
         self.transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
         # diffusers starts the learned pad tokens at zero; a trained model's are not.
         for parameter in (self.transformer.x_pad_token, self.transformer.cap_pad_token):
             parameter.data.normal_(0.0, 0.02)
+        if init == "adaln_zero":
+            adaln_zero_init(self.transformer)
         self.ema = torch.optim.swa_utils.AveragedModel(
             self.transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
