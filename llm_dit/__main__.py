@@ -1,3 +1,3 @@
-from llm_dit.cli import main
+from llm_dit.cli import console
 
-main()
+console()

@@ -260,7 +260,7 @@ def test_adapter_predict_config_reads_what_fit_writes(monkeypatch, tmp_path, cap
     message `fit` ends with says so (relative when run here, with a `cd` from elsewhere)."""
     from types import SimpleNamespace
 
-    from llm_dit.cli import ADAPTER_PREDICT_CONFIG, StudyCLI
+    from llm_dit.trainer_cli import ADAPTER_PREDICT_CONFIG, StudyCLI
     from llm_dit.training.lifecycle import ADAPTER_FOLDER
 
     fit = load(ROOT / "configs" / "refiner_style_adapter.yaml")

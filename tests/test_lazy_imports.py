@@ -1,0 +1,57 @@
+"""`import llm_dit.cli`, `--help` and a misspelt subcommand load no heavy third-party package.
+
+Each case runs in a fresh interpreter (this test process has torch loaded already) and reports
+which of HEAVY ended up in sys.modules. Timings vary by machine, so this checks the cause of a
+slow start (an eager import), not the time; benchmarks/NOTES.md has the measured times.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Each of these takes from 0.1 s to several seconds to import; none is needed to dispatch.
+HEAVY = ("torch", "lightning", "diffusers", "transformers", "torchvision", "torchmetrics", "jsonargparse",
+         "open_clip", "tensorboard", "matplotlib", "fastapi", "uvicorn", "scipy", "safetensors")
+
+PROBE = """
+import json, sys
+{code}
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def loaded_after(code: str) -> list[str]:
+    """The HEAVY packages a fresh `python -c` has imported after running `code` (run from the repo root)."""
+    done = subprocess.run([sys.executable, "-c", PROBE.format(code=code, heavy=HEAVY)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_main(args: list[str]) -> str:
+    """Code that runs the console entry with `args` and swallows the exit it ends with."""
+    return (f"from llm_dit.cli import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass")
+
+
+@pytest.mark.parametrize("code", [
+    "import llm_dit.cli",
+    "import llm_dit",
+    run_main(["--help"]),
+    run_main(["predcit"]),  # a misspelt subcommand is answered without loading the model code
+    run_main(["report", "--help"]),
+    run_main(["ab-page", "--help"]),
+    run_main(["hook-points", "--help"]),
+], ids=["import", "import-facade", "help", "misspelt", "report-help", "ab-page-help", "hook-points-help"])
+def test_dispatch_loads_no_heavy_package(code: str) -> None:
+    assert loaded_after(code) == []
+
+
+def test_probe_sees_an_eager_import() -> None:
+    """The oracle for the checks above: a module that does import Lightning is seen doing so."""
+    assert "lightning" in loaded_after("import llm_dit.trainer_cli")
