@@ -10,8 +10,7 @@ Surgery lives in the top-level package `surgery`, callbacks in `callbacks`.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from llm_dit._lazy import lazy_exports
 
 _EXPORTS = {
     "ZImageModule": "llm_dit.module",
@@ -31,9 +30,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'llm_dit' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

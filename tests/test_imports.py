@@ -29,7 +29,7 @@ PROJECT = ("llm_dit", "surgery", "callbacks")
 # `llm_dit` itself is the lazy public facade (llm_dit/__init__.py), on top.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("generic surgery", ("surgery",)),
-    ("foundation", ("llm_dit.errors", "llm_dit.quiet", "llm_dit.provenance", "llm_dit.world")),
+    ("foundation", ("llm_dit.errors", "llm_dit.quiet", "llm_dit.provenance", "llm_dit.world", "llm_dit._lazy")),
     ("model", ("llm_dit.models", "llm_dit.encoding", "llm_dit.sampling", "llm_dit.accel")),
     ("studies and LightningModules", (
         "llm_dit.study", "llm_dit.data", "llm_dit.outputs", "llm_dit.module", "llm_dit.module_settings", "llm_dit.training",

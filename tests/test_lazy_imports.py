@@ -55,3 +55,27 @@ def test_dispatch_loads_no_heavy_package(code: str) -> None:
 def test_probe_sees_an_eager_import() -> None:
     """The oracle for the checks above: a module that does import Lightning is seen doing so."""
     assert "lightning" in loaded_after("import llm_dit.trainer_cli")
+
+
+FACADES = ("llm_dit", "llm_dit.encoding")  # packages whose __init__ exports names lazily
+
+
+@pytest.mark.parametrize("package", FACADES)
+def test_lazy_facade_exports_resolve_to_own_modules(package: str) -> None:
+    """Every lazily exported name resolves, and from inside the package: a facade must not hide an
+    import of another package from the layer check (tests/test_imports.py reads imports with ast)."""
+    import importlib
+
+    module = importlib.import_module(package)
+    exports = module._EXPORTS
+    assert sorted(exports) == sorted(module.__all__) and set(exports) <= set(dir(module))
+    for name, submodule in exports.items():
+        assert submodule.startswith(package + "."), f"{package}.{name} comes from {submodule}, outside {package}"
+        assert getattr(module, name) is getattr(importlib.import_module(submodule), name)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        module.not_a_name
+
+
+def test_reading_options_loads_no_model_code() -> None:
+    """`report` reads settings (encoding options, sampler settings) and must not load transformers or diffusers."""
+    assert not {"transformers", "diffusers", "lightning"} & set(loaded_after("import llm_dit.encoding.options"))
