@@ -27,7 +27,15 @@ Its place among the callbacks does not matter: per-item values come through
 ``callbacks.metrics.item_metrics``, and the summaries it shows are read from the
 results table at predict end, after every metric callback has written its own
 (``on_predict_end`` runs the metric callbacks' ``table_rows`` collectives first only
-in the sense that each callback computes from the table, not from the others). Grids are read back from the PNGs of the table's rows.
+in the sense that each callback computes from the table, not from the others).
+
+Grid cells are made while the images are generated, so the end of a run reads no image back:
+a worker thread turns each image of the first ``grid_prompts`` prompts into the thumbnail of
+its PNG (rounded to 8 bits as the writer rounds it, then resized exactly as a PNG read back
+would be), overlapping with generation. Only rows whose PNG this process neither wrote (the
+writer's ``written``) nor read back (a resumed item) are read from disk at the end: rows of
+earlier runs that this run did not serve, and batch mates whose stored image was kept.
+The cells are therefore those of the table's PNGs, whichever run made them.
 ``StudyWriter(log_grids=True)`` logs full-resolution grids of every prompt under
 ``grid/<condition>``; next to this callback, ``log_grids=False`` avoids the duplicate.
 """
@@ -38,6 +46,7 @@ import json
 import math
 import re
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +60,7 @@ from llm_dit.results import figures
 from callbacks.metrics import (
     KeyedImages,
     compute_quietly,
+    gather_objects,
     item_keys,
     item_metrics,
     item_row,
@@ -94,10 +104,15 @@ class TensorBoardReview(Callback):
         self.run: RunData | None = None  # what was written, kept for inspection and tests
         self._weights: str | None = None
         self._local: list[dict[str, Any]] = []  # this run's items as table rows (used only where no table row exists)
-        self._thumbs: KeyedImages | None = None  # likewise for grid cells without a PNG (no StudyWriter)
+        self._thumbs: KeyedImages | None = None  # grid cells made from this run's images, gathered across ranks
         self._memory: dict[tuple[int, int, int], Tensor] = {}
+        self._same_as_png: set[str] = set()  # item ids whose thumbnail in _memory is their PNG's
+        self._pending: list[tuple[list[list[float]], Future]] = []  # thumbnails the worker is making
+        self._served: set[str] = set()  # items whose image this run read back from their PNG (resumed)
+        self._worker: ThreadPoolExecutor | None = None
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._stop_worker()
         self._reset()
         self._thumbs = KeyedImages(self.thumbnail_size).to(pl_module.device)
         self._weights = getattr(getattr(pl_module, "hparams", None), "weights", None)
@@ -121,19 +136,26 @@ class TensorBoardReview(Callback):
             row = {**_local_row(item), **{f"metric.{n}": v[i] for n, v in outputs.metrics.items() if i < len(v)}}
             row["seconds"] = None if resumed[i] else outputs.seconds_per_image
             self._local.append(row)
+        self._served.update(item.item_id for item, done in zip(outputs.items, resumed) if done)
         show = [i for i, item in enumerate(outputs.items) if item.prompt_index < self.grid_prompts]
         if show:
-            keys = torch.stack(item_keys([outputs.items[i] for i in show], pl_module.device), dim=1)
-            self._thumbs.update(keys, outputs.images[show])
+            keys = torch.stack(item_keys([outputs.items[i] for i in show], "cpu"), dim=1).tolist()
+            images = outputs.images[show]  # the batch's own tensor: nothing writes to it after predict_step
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-thumbnails")
+            self._pending.append((keys, self._worker.submit(png_thumbnails, images, self.thumbnail_size)))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._collect_thumbnails(pl_module)
         run_summaries(trainer, pl_module)  # set_metrics.json and embedding_analysis.json first, whatever the order
         rows = table_rows(trainer, self._local)  # collective: every rank waits here
         keys, pixels = compute_quietly(self._thumbs)  # collective too
+        same_as_png = set().union(*gather_objects(sorted(self._served | written_by(trainer))))  # collective
         run_dir = run_dir_of(trainer)
         if not trainer.is_global_zero or run_dir is None or not rows:
             return
         self._memory = {tuple(int(k) for k in key): pixels[i].cpu() for i, key in enumerate(keys.tolist())}
+        self._same_as_png = same_as_png
         self.run = RunData(
             rows,
             _read_json(run_dir, "study.json") or {},
@@ -157,6 +179,27 @@ class TensorBoardReview(Callback):
                 writer.add_figure(f"figures/{name}", fig, global_step=0, close=True)
         if writer is not None:
             writer.flush()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._stop_worker()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_worker()
+
+    # -- thumbnails made during the run -------------------------------------------
+    def _collect_thumbnails(self, pl_module: LightningModule) -> None:
+        """Wait for the worker's thumbnails and add them to the (rank-synced) grid cells."""
+        for keys, future in self._pending:
+            pixels = future.result()
+            # already thumbnail-sized uint8: KeyedImages' resize is a no-op and its rounding gives back these bytes
+            self._thumbs.update(torch.tensor(keys, dtype=torch.float64), pixels.float() / 255.0)
+        self._pending = []
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
 
     # -- writers ----------------------------------------------------------------
     def _write_grids(self, writer: Any, run_dir: Path) -> None:
@@ -182,13 +225,17 @@ class TensorBoardReview(Callback):
             writer.add_text(f"grids/{name}", f"columns = seeds {seeds}\n\n{legend}", global_step=0)
 
     def _thumbnail(self, run_dir: Path, row: dict[str, Any] | None) -> Tensor | None:
-        """uint8 [3, size, size]: the row's PNG, else this run's in-memory thumbnail, else None."""
+        """uint8 [3, size, size] of the row's PNG: made during the run where this run's image is that
+        PNG's content, else read from the file; without a PNG, this run's thumbnail; else None."""
         if row is None:
             return None
+        made = self._memory.get((int(row["condition_index"]), int(row["prompt_index"]), int(row["seed"])))
+        if made is not None and str(row.get("item_id")) in self._same_as_png:
+            return made
         path = run_dir / str(row.get("image"))
         if row.get("image") and path.is_file():
-            return to_uint8(resize_square(_read_png(path)[None], self.thumbnail_size))[0]
-        return self._memory.get((int(row["condition_index"]), int(row["prompt_index"]), int(row["seed"])))
+            return png_thumbnail(_png_pixels(path), self.thumbnail_size)
+        return made
 
     def _prompt_text(self, prompt_index: int) -> str:
         row = next((r for r in (self.run.rows if self.run else []) if r["prompt_index"] == prompt_index), {})
@@ -290,10 +337,33 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))[:80]
 
 
-def _read_png(path: Path) -> Tensor:
-    """A PNG as [3, H, W] float32 in [0, 1]."""
+def png_thumbnail(pixels: np.ndarray, size: int) -> Tensor:
+    """uint8 [3, size, size] grid cell of a PNG's pixels (uint8 [H, W, 3], as PIL reads them).
+
+    The one path for both a PNG read from disk and an image about to be saved as one
+    (png_thumbnails): the same array layout and operations give the same bytes.
+    """
+    image = torch.from_numpy(np.ascontiguousarray(pixels).astype(np.float32) / 255.0).permute(2, 0, 1)
+    return to_uint8(resize_square(image[None], size))[0]
+
+
+def png_thumbnails(images: Tensor, size: int) -> Tensor:
+    """uint8 [N, 3, size, size]: the grid cells of the PNGs that `images` ([N, 3, H, W] in [0, 1])
+    are saved as, without writing or reading them: rounded to 8 bits as the writer rounds
+    (callbacks.writer.save_png_atomic), then png_thumbnail."""
+    pixels = (images.detach().cpu().permute(0, 2, 3, 1).float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return torch.stack([png_thumbnail(image, size) for image in pixels])
+
+
+def written_by(trainer: Trainer) -> set[str]:
+    """Items whose PNG a writer callback of `trainer` wrote in this process (its `written` set)."""
+    return set().union(*(getattr(c, "written", None) or set() for c in getattr(trainer, "callbacks", None) or []))
+
+
+def _png_pixels(path: Path) -> np.ndarray:
+    """A PNG's pixels as uint8 [H, W, 3]."""
     with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return np.asarray(image.convert("RGB"))
 
 
 def _read_json(run_dir: Path | None, name: str) -> Any:

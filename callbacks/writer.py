@@ -75,6 +75,7 @@ class StudyWriter(BasePredictionWriter):
         self._signals: StopSignals | None = None
         self._watchdog: PeerWatchdog | None = None
         self._new = 0
+        self.written: set[str] = set()  # items whose PNG this process wrote (TensorBoardReview reuses its thumbnails)
         self.mismatched_mates: list[str] = []
         self._warmed_up = False  # this process has generated a batch (compile, warm-up done)
 
@@ -134,6 +135,7 @@ class StudyWriter(BasePredictionWriter):
         self._finished = dict(self._plan.finished)
         pl_module.finished_items = self._module_finished(datamodule)
         self._new = 0
+        self.written = set()
         self.mismatched_mates = []
         self._log_grids_now = self.log_grids is True
         if self.log_grids == "auto":
@@ -179,6 +181,7 @@ class StudyWriter(BasePredictionWriter):
                     rows.append(row)
                 continue
             save_png_atomic(prediction.images[index], folder / item.image_name)
+            self.written.add(item.item_id)
             settings = item_settings(item, self._model)
             rows.append({
                 **result_row(prediction, index), "rank": trainer.global_rank, "batch": batch_ids,
