@@ -115,14 +115,14 @@ class ClipScoreCallback(ItemMetricCallback):
     def _load(self) -> str:
         """"ok", or the reason to skip when no weights are set; raises MetricWeightsError when
         the weights that are set cannot be loaded."""
-        import open_clip
-
         if not self.random_init_for_tests and not self.pretrained:
             return (
                 f"CLIP score skipped: set ClipScoreCallback(pretrained=...) to a local open_clip checkpoint for "
                 f"{self.model_name!r} (e.g. open_clip_pytorch_model.bin), or to an open_clip tag such as 'openai' "
                 "when online (pretrained is not set)."
             )
+        import open_clip  # ~1 s with timm: only when CLIP will be scored
+
         fix = (f"set it to a local open_clip checkpoint of {self.model_name!r}, an open_clip tag when online, "
                "or null to skip CLIP score")
         looks_like_file = bool(self.pretrained) and (

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Each of these takes from 0.1 s to several seconds to import; none is needed to dispatch.
 HEAVY = ("torch", "lightning", "diffusers", "transformers", "torchvision", "torchmetrics", "jsonargparse",
-         "open_clip", "tensorboard", "matplotlib", "fastapi", "uvicorn", "scipy", "safetensors")
+         "open_clip", "timm", "tensorboard", "matplotlib", "fastapi", "uvicorn", "scipy", "safetensors")
 
 PROBE = """
 import json, sys
@@ -79,3 +79,13 @@ def test_lazy_facade_exports_resolve_to_own_modules(package: str) -> None:
 def test_reading_options_loads_no_model_code() -> None:
     """`report` reads settings (encoding options, sampler settings) and must not load transformers or diffusers."""
     assert not {"transformers", "diffusers", "lightning"} & set(loaded_after("import llm_dit.encoding.options"))
+
+
+@pytest.mark.slow  # one interpreter importing Lightning: ~10 s on 2 CPU cores
+def test_skipped_clip_score_loads_no_open_clip() -> None:
+    """The study configs ship ClipScoreCallback with `pretrained: null` (skipped, with a warning): open_clip
+    (and timm with it, ~1 s) is imported only when CLIP will be scored."""
+    code = ("import warnings\nfrom callbacks.clip_score import ClipScoreCallback\n"
+            "with warnings.catch_warnings():\n    warnings.simplefilter('ignore')\n"
+            "    assert not ClipScoreCallback(pretrained=None).enabled()")
+    assert not {"open_clip", "timm"} & set(loaded_after(code))
