@@ -36,6 +36,7 @@ would be), overlapping with generation. Only rows whose PNG this process neither
 writer's ``written``) nor read back (a resumed item) are read from disk at the end: rows of
 earlier runs that this run did not serve, and batch mates whose stored image was kept.
 The cells are therefore those of the table's PNGs, whichever run made them.
+
 ``StudyWriter(log_grids=True)`` logs full-resolution grids of every prompt under
 ``grid/<condition>``; next to this callback, ``log_grids=False`` avoids the duplicate.
 """
@@ -53,6 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image
 from torch import Tensor
 
@@ -140,13 +142,13 @@ class TensorBoardReview(Callback):
         show = [i for i, item in enumerate(outputs.items) if item.prompt_index < self.grid_prompts]
         if show:
             keys = torch.stack(item_keys([outputs.items[i] for i in show], "cpu"), dim=1).tolist()
-            images = outputs.images[show]  # the batch's own tensor: nothing writes to it after predict_step
+            images = outputs.images[show]  # a copy (list index): the worker owns it
             if self._worker is None:
                 self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-dit-thumbnails")
             self._pending.append((keys, self._worker.submit(png_thumbnails, images, self.thumbnail_size)))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._collect_thumbnails(pl_module)
+        self._collect_thumbnails()
         run_summaries(trainer, pl_module)  # set_metrics.json and embedding_analysis.json first, whatever the order
         rows = table_rows(trainer, self._local)  # collective: every rank waits here
         keys, pixels = compute_quietly(self._thumbs)  # collective too
@@ -187,7 +189,7 @@ class TensorBoardReview(Callback):
         self._stop_worker()
 
     # -- thumbnails made during the run -------------------------------------------
-    def _collect_thumbnails(self, pl_module: LightningModule) -> None:
+    def _collect_thumbnails(self) -> None:
         """Wait for the worker's thumbnails and add them to the (rank-synced) grid cells."""
         for keys, future in self._pending:
             pixels = future.result()
@@ -356,8 +358,10 @@ def png_thumbnails(images: Tensor, size: int) -> Tensor:
 
 
 def written_by(trainer: Trainer) -> set[str]:
-    """Items whose PNG a writer callback of `trainer` wrote in this process (its `written` set)."""
-    return set().union(*(getattr(c, "written", None) or set() for c in getattr(trainer, "callbacks", None) or []))
+    """Items whose PNG a prediction writer of `trainer` wrote in this process (StudyWriter.written)."""
+    sets = [getattr(c, "written", None) for c in getattr(trainer, "callbacks", None) or []
+            if isinstance(c, BasePredictionWriter)]
+    return set().union(*(found for found in sets if isinstance(found, set)))
 
 
 def _png_pixels(path: Path) -> np.ndarray:

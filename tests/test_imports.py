@@ -12,7 +12,9 @@ so `--help` costs no torch or Lightning import, and since no project module impo
 below), a function-level import there cannot hide a cycle.
 
 Read with `ast` only: nothing is imported, so the check is fast and cannot be fooled by
-import order or lazy attributes.
+import order or lazy attributes. A lazy package facade (llm_dit._lazy) imports by name at run
+time, out of this check's sight: tests/test_lazy_imports.py holds each facade to exporting its
+own package's submodules only.
 """
 
 from __future__ import annotations
