@@ -132,7 +132,8 @@ class DitStage(_Stage):
     """
 
     def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True, ema_decay: float = 0.999,
-                 static_caption_width: bool = True, init: DitInit = "diffusers") -> None:
+                 static_caption_width: bool = True, init: DitInit = "diffusers",
+                 frozen_timestep_embedder: bool = False) -> None:
         super().__init__(settings)
         self.transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
         # diffusers starts the learned pad tokens at zero; a trained model's are not.
@@ -140,6 +141,13 @@ class DitStage(_Stage):
             parameter.data.normal_(0.0, 0.02)
         if init == "adaln_zero":
             adaln_zero_init(self.transformer)
+        if frozen_timestep_embedder:
+            # The timestep embedding feeds every block's modulation and the final layer's scale. Trained,
+            # its magnitude grew ~600x within 2,000 steps (the blocks profit from saturated gates and
+            # scales, the post-norms hide it), and the final scale, which the output is linear in, ran
+            # away with it (benchmarks/NOTES.md, third session). Frozen at its random start it stays a
+            # fixed smooth feature map of t, and each consumer learns its own modulation from it.
+            self.transformer.t_embedder.requires_grad_(False)
         self.ema = torch.optim.swa_utils.AveragedModel(
             self.transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)

@@ -253,7 +253,7 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
 
     data = _DeviceData(tensors, make_batch)
     module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay, static_caption_width=static_caption_width,
-                      init=recipe.dit_init)
+                      init=recipe.dit_init, frozen_timestep_embedder=recipe.dit_frozen_timestep_embedder)
     if init_from_export and (export / "transformer").is_dir() and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
         # A piece on a fresh machine without the checkpoint: continue from the exported weights
         # (the optimizer state and the step count start again; the log says so).
