@@ -22,7 +22,7 @@ def test_baseline_config_writes_images_table_and_events(tmp_path):
     cli_main(["predict", "--config", str(CONFIGS / "baseline.yaml"), "--trainer.default_root_dir", str(tmp_path)])
     run = tmp_path / "lightning_logs" / "baseline"
     rows = read_rows(run / "results.jsonl")
-    assert len(rows) == 6 and len({r["item_id"] for r in rows}) == 6
+    assert len(rows) == 40 and len({r["item_id"] for r in rows}) == 40  # 20 world prompts x 2 seeds
     assert all((run / r["image"]).is_file() for r in rows)
     assert all(r["seconds"] > 0 and r["steps"] == 8 for r in rows)
     assert list(run.glob("events.out.tfevents.*"))
