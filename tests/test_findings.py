@@ -152,6 +152,18 @@ def test_the_grid_shows_control_best_worst_at_spread_prompts(tmp_path):
     assert out.is_file()
 
 
+def test_ties_show_the_first_as_best_and_the_last_as_worst(tmp_path):
+    """Conditions with equal means (all +0.05) are not one condition shown twice."""
+    folder = write_run(tmp_path / "run")
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["condition"] != "control":
+            row["metric.world_all"] = values_of("shifted", row["prompt_index"], row["seed"])
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    finding = study_finding(load_run(folder), n_boot=100)
+    assert (finding.best.condition, finding.worst.condition) == ("worse", "shifted")
+
+
 def test_grid_prompts_spread_evenly():
     assert grid_prompts(range(20)) == [0, 4, 8, 11, 15, 19]
     assert grid_prompts([5, 1, 3]) == [1, 3, 5]

@@ -48,7 +48,8 @@ class StudyFinding:
     Attributes:
         control: the control's row (estimate; no difference).
         best / worst: the other conditions with the highest / lowest mean paired difference to the
-            control (the same condition when there is only one; None when there is none).
+            control (ties: the first / the last in the study's order; the same condition when there is
+            only one; None when there is none).
         chance: the metric's chance level from set_metrics.json (None when not recorded).
         grid: the picture grid written for this study (None when the run has no images).
     """
@@ -74,9 +75,10 @@ def study_finding(run: RunData, metric: str = METRIC, n_boot: int = 2000, seed: 
     rows = condition_table(run, metric, n_boot, seed)
     control = next((r for r in rows if r.condition == run.control and r.difference is None), None)
     others = [r for r in rows if r.difference is not None and r.difference.n > 0]
-    # max/min keep the first of equal means: the study's own order breaks ties.
+    # Ties go by the study's order: best is the first of equal means, worst the last (so a study whose
+    # conditions all tie shows two of them, not one twice).
     best = max(others, key=lambda r: r.difference.mean) if others else None
-    worst = min(others, key=lambda r: r.difference.mean) if others else None
+    worst = min(reversed(others), key=lambda r: r.difference.mean) if others else None
     info = (run.set_metrics.get(metric) or {}).get("info") or {}
     chance = info.get("chance")
     return StudyFinding(
@@ -171,7 +173,7 @@ def markdown(findings: Sequence[StudyFinding], relative_to: Path, n_boot: int = 
         f"`{metric}`: share of images in which every fact of the prompt holds (the synthetic world's exact "
         "evaluator, callbacks.scene_score); higher is better. Intervals: " + UNIT + f" ({n_boot} resamples, seed {seed}); "
         "Δ is the paired difference to the control per (prompt, seed), * = its interval excludes 0 (as in each "
-        "study's report.md). Best / worst: the other conditions with the highest / lowest mean Δ. Grids: rows = "
+        "study's report.md). Best / worst: the other conditions with the highest / lowest mean Δ (ties: the first / the last in the study's order). Grids: rows = "
         "control, best, worst; columns = prompts spread evenly over the study's list, first seed.",
         "",
         "Weights: " + ", ".join(f"`{w}`" for w in weights) + ".",
