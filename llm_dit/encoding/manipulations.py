@@ -238,12 +238,12 @@ TRANSFORMS: dict[str, Transform] = {
     "baseline": baseline,
     "shuffle_all": shuffle_all,
     "shuffle_nouns": shuffle_nouns,
-    "shuffle_adjectives": shuffle_adjectives,
     "duplicate_important": duplicate_important,
     "front_load": front_load,
     "back_load": back_load,
     "remove_adjectives": remove_adjectives,
     "remove_nouns": remove_nouns,
+    "shuffle_adjectives": shuffle_adjectives,  # not a seed condition: the world's colour-binding positive control
 }
 
 
