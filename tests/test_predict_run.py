@@ -123,7 +123,7 @@ def test_the_guard_fails_when_a_model_loads(tmp_path, monkeypatch, no_model_load
         (["--data.init_args.study.sampler.steps", "0"], "steps must be"),
         (["--data.init_args.study.encoding.hidden_layer", "-40"], "out of range"),
         (["--data.init_args.study.encoding.long_prompt_mode", "squash"], "long_prompt_mode"),
-        (["--data.init_args.study.prompts", "[]"], "no prompts"),
+        (["--data.init_args.study.prompts", "[]", "--data.init_args.study.prompts_file", "null"], "no prompts"),
         (["--model.weights", "/no/such/folder"], "does not exist"),
     ],
 )
