@@ -7,8 +7,10 @@
 #   lightning_logs/<study>/            each study's run folder (images, results.jsonl, report.md)
 #   lightning_logs/refiner_style_adapter/adapter   the style adapter `fit` trains (Q3.4), used by
 #                                      refiner_style_adapter_predict.yaml
-#   findings.md, grids/<study>.png     the table for the README section "What the studies find on
-#                                      the embedded model" (python -m llm_dit.report.findings)
+#   findings.md, grids/<study>.png     the table (python -m llm_dit.report.findings), links relative to OUT
+#   docs/findings/ of this checkout    with README=1: the same table with grid links from the checkout's
+#                                      root, for the README section "What the studies find on the
+#                                      embedded model" (paste docs/findings/findings.md there)
 #   timings.tsv                        seconds per step of this script
 #
 # Weights: the default `tiny` (the trained embedded model once it ships). WEIGHTS=tiny-random (or a
@@ -66,5 +68,8 @@ for study in "${STUDIES[@]}" refiner_style_adapter_predict; do
     RUNS+=("lightning_logs/$study")
 done
 timed findings python -m llm_dit.report.findings "${RUNS[@]}" --out findings.md
+if [[ "${README:-0}" == 1 ]]; then
+    python -m llm_dit.report.findings "${RUNS[@]/#/$OUT/}" --out "$ROOT/docs/findings/findings.md" --links-relative-to "$ROOT"
+fi
 column -t -s $'\t' timings.tsv
-echo "findings: $OUT/findings.md (paste into README.md, section \"What the studies find on the embedded model\")"
+echo "findings: $OUT/findings.md (README=1 also writes $ROOT/docs/findings/ for README.md's findings section)"

@@ -183,6 +183,11 @@ def test_the_command_line_writes_the_table(tmp_path, capsys):
     main([str(write_run(tmp_path / "run")), "--out", str(tmp_path / "o" / "f.md"), "--n-boot", "50"])
     assert "findings: " in capsys.readouterr().out
     assert re.search(r"^\| synthetic \| 160 ", (tmp_path / "o" / "f.md").read_text(), re.M)
+    main([str(tmp_path / "run"), "--out", str(tmp_path / "docs" / "findings" / "f.md"), "--n-boot", "50",
+          "--links-relative-to", str(tmp_path)])  # links for a README at tmp_path
+    text = (tmp_path / "docs" / "findings" / "f.md").read_text()
+    assert "[grid](docs/findings/grids/synthetic.png)" in text
+    assert (tmp_path / "docs" / "findings" / "grids" / "synthetic.png").is_file()
 
 
 def test_world_long_placement_prompts_are_the_generators():

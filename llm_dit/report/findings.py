@@ -14,6 +14,8 @@ the control), so the table says what each study's report.md says. Per study:
   the study's prompt list (indices ``linspace(0, P - 1, columns)``), never picked by their scores.
 
     python -m llm_dit.report.findings RUN_DIR [RUN_DIR ...] --out findings/findings.md
+    # for the README: grids inside the checkout, links from its root
+    python -m llm_dit.report.findings RUN_DIR ... --out docs/findings/findings.md --links-relative-to .
 
 Run folders are what ``predict`` writes (results.jsonl, study.json, set_metrics.json, images/).
 """
@@ -185,9 +187,18 @@ def markdown(findings: Sequence[StudyFinding], relative_to: Path, n_boot: int = 
 
 
 def write_findings(
-    run_dirs: Sequence[str | Path], out: str | Path, metric: str = METRIC, n_boot: int = 2000, seed: int = 0
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    metric: str = METRIC,
+    n_boot: int = 2000,
+    seed: int = 0,
+    links_relative_to: str | Path | None = None,
 ) -> Path:
-    """Write ``out`` (markdown) and ``<out folder>/grids/<study>.png``; return ``out``'s path."""
+    """Write ``out`` (markdown) and ``<out folder>/grids/<study>.png``; return ``out``'s path.
+
+    Grid links are relative to ``links_relative_to`` (default: ``out``'s folder); for a table pasted
+    into the README, write ``out`` under the checkout (e.g. docs/findings/) and pass its root.
+    """
     if not run_dirs:
         raise ValueError("write_findings: no run folders given; pass the folders `predict` wrote (lightning_logs/<study>)")
     out = Path(out)
@@ -201,7 +212,8 @@ def write_findings(
         grid = write_grid(run, list(dict.fromkeys(shown)), out.parent / "grids" / f"{name}.png")
         findings.append(replace(finding, grid=grid))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(findings, out.parent, n_boot, seed), encoding="utf-8")
+    base = Path(links_relative_to) if links_relative_to is not None else out.parent
+    out.write_text(markdown(findings, base, n_boot, seed), encoding="utf-8")
     return out
 
 
@@ -212,11 +224,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders that `predict` wrote")
     parser.add_argument("--out", type=Path, default=Path("findings.md"), help="markdown file to write (grids go next to it)")
+    parser.add_argument(
+        "--links-relative-to", type=Path, default=None,
+        help="folder the grid links are relative to (default: --out's folder; the checkout root for the README)",
+    )
     parser.add_argument("--metric", default=METRIC, help="per-image metric to compare (default world_all)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per interval")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
-    path = write_findings(args.run_dirs, args.out, args.metric, args.n_boot, args.seed)
+    path = write_findings(args.run_dirs, args.out, args.metric, args.n_boot, args.seed, args.links_relative_to)
     print(f"findings: {path}")
 
 
