@@ -159,6 +159,22 @@ def shuffle_nouns(text: str, seed: int = 0, model: str | None = None) -> str:
     return render([(replaced.get(token.i, token.text), token.whitespace_) for token in doc])
 
 
+def shuffle_adjectives(text: str, seed: int = 0, model: str | None = None) -> str:
+    """Permute the adjectives (ADJ) among the adjective positions; every other token stays put.
+
+    "a red circle and a blue square" -> "a blue circle and a red square": the
+    attributes move to other objects (colour binding). The counterpart of
+    `shuffle_nouns`, and a positive control of the synthetic world: scored
+    against the original prompt, a model that binds colours must lose.
+    """
+    doc = _doc(text, model)
+    slots = [token.i for token in doc if token.pos_ in ADJECTIVE_TAGS]
+    adjectives = [doc[i].text for i in slots]
+    order = _seeded_permutation(len(slots), seed, distinct=adjectives)
+    replaced = {slot: adjectives[source] for slot, source in zip(slots, order)}
+    return render([(replaced.get(token.i, token.text), token.whitespace_) for token in doc])
+
+
 def duplicate_important(text: str, seed: int = 0, model: str | None = None) -> str:
     """Repeat each key descriptor in place: every adjective is said twice.
 
@@ -227,6 +243,7 @@ TRANSFORMS: dict[str, Transform] = {
     "back_load": back_load,
     "remove_adjectives": remove_adjectives,
     "remove_nouns": remove_nouns,
+    "shuffle_adjectives": shuffle_adjectives,  # not a seed condition: the world's colour-binding positive control
 }
 
 
