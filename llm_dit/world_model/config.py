@@ -114,8 +114,8 @@ class WorldTrainingConfig:
     kl_weight: float = 1e-6
     vae: StageSettings = field(default_factory=lambda: StageSettings(max_steps=6000, batch_size=256, learning_rate=1e-3))
     ema_decay: float = 0.999
-    dit_init: Literal["diffusers", "adaln_zero"] = "adaln_zero"
-    dit_frozen_timestep_embedder: bool = False
+    dit_init: Literal["diffusers", "adaln_zero"] = "diffusers"
+    dit_frozen_timestep_embedder: bool = True
     encoder_answer_weight: float = 1.0
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

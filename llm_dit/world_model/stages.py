@@ -124,9 +124,9 @@ def adaln_zero_init(transformer: ZImageTransformer2DModel) -> None:
     and the output as zero.
 
     Zeroes each block's modulation (tanh gates 0, scales 1) and the final layer's modulation and
-    projection. diffusers' class initialises from random; a from-scratch training of it needs the
-    start every DiT recipe uses, or the unbounded final-layer scale lets the loss run away
-    (benchmarks/NOTES.md, third session). The architecture and the classes stay Z-Image's.
+    projection; the architecture and the classes stay Z-Image's. Tried in the third session against
+    the DiT's divergence: it did not steady it (the timestep embedding still ran away), so the recipe
+    keeps diffusers' random start and freezes the timestep embedder instead (benchmarks/NOTES.md).
     """
     modulations = [block.adaLN_modulation for block in [*transformer.noise_refiner, *transformer.layers]]
     finals = list(transformer.all_final_layer.values())
