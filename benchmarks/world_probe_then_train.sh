@@ -2,7 +2,7 @@
 # Probe DiT training variants side by side (benchmarks/world_dit_probe.py, one process per variant on
 # the one GPU), then train a Lightning DiT piece with the stable variant whose loss fell furthest.
 # Needs lightning_logs/world_model/export/{vae,text_encoder} (carried) and the wheels in .whl/.
-#   bash benchmarks/world_probe_then_train.sh DIT_MIN STEPS VARIANTS
+#   bash benchmarks/world_probe_then_train.sh DIT_MIN STEPS VARIANTS [more train.py options]
 set -euo pipefail
 [ -d /tmp/site/diffusers ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -28,4 +28,4 @@ print(stage_flags(best))
 PY
 )
 echo "chosen: $flags" | tee -a "$OUT/probe.txt"
-bash benchmarks/world_train_device.sh dit "$1" $flags
+bash benchmarks/world_train_device.sh dit "$1" $flags "${@:4}"

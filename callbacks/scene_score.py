@@ -99,6 +99,18 @@ class SceneScoreCallback(ItemMetricCallback):
         self._chance = gather_dict(self._chance)  # collective: every rank, before the summary is written
         super().summarize(trainer, pl_module)
 
+    def table_summary(self, rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | int]]]:
+        """Means from the merged table, and chance levels over the table's prompts: a resumed or
+        smoke re-run reports the chance of the whole study, not of the items it generated itself."""
+        column = "original_prompt" if self.prompt == "original" else "prompt"
+        texts = [row[column] for row in rows if isinstance(row.get(column), str)]
+        if texts:  # rows from the writer's table carry the prompt; local-only rows do not
+            self._chance = {
+                text: self._chance.get(text) or {f"world_{k}": v for k, v in chance_level(text).items()}
+                for text in dict.fromkeys(texts)
+            }
+        return super().table_summary(rows)
+
     def chance(self, metric: str) -> float | None:
         """Chance level of ``metric`` over the run's prompts (mean over prompts that state such facts)."""
         values = [c[metric] for c in self._chance.values() if c.get(metric) is not None]

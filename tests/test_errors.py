@@ -64,7 +64,7 @@ CASES = [
     ("seed_negative", [STUDY + "seeds", "[-1]"], ["study.seeds", "-1", "0..2**64-1"]),
     ("seed_too_large", [STUDY + "seeds", f"[{2**64}]"], ["study.seeds", str(2**64), "0..2**64-1"]),
     ("seed_not_integer", [STUDY + "seeds", "[1.5]"], ["seeds", "1.5"]),
-    ("prompts_empty", [STUDY + "prompts", "[]"], ["no prompts", "study.prompts"]),
+    ("prompts_empty", [STUDY + "prompts", "[]", STUDY + "prompts_file", "null"], ["no prompts", "study.prompts"]),
     ("prompt_blank", [STUDY + "prompts", '["  "]'], ["prompt 0", "empty"]),
     ("prompts_file_missing", [STUDY + "prompts_file", "/no/such/prompts.txt"], ["prompts_file", "/no/such/prompts.txt"]),
     ("variables_key_malformed", [STUDY + "variables", '{"colour.red": [1]}'], ["study.variables", "'colour.red'"]),

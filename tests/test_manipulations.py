@@ -39,6 +39,7 @@ def test_every_seed_manipulation_is_registered():
     assert list(TRANSFORMS) == [
         "baseline", "shuffle_all", "shuffle_nouns", "duplicate_important",
         "front_load", "back_load", "remove_adjectives", "remove_nouns",
+        "shuffle_adjectives",  # the colour-binding positive control (tests/test_positive_controls.py)
     ]
 
 

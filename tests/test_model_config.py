@@ -18,7 +18,7 @@ from transformers import Qwen3Config, Qwen3Model
 
 import llm_dit.models.config as config_module
 from llm_dit.models import (
-    ShapeMismatchError, SingleFileWeights, ZImageConfig, check_weights_source, export_single_files,
+    ShapeMismatchError, SingleFileWeights, ZImageConfig, check_weights_source, export_single_files, load_components,
 )
 from llm_dit.models.shapes import TINY_TEXT_ENCODER_CONFIG
 from llm_dit.models.single_file import load_single_file
@@ -128,3 +128,19 @@ def test_tiny_reads_the_embedded_folder_when_shipped(tmp_path, monkeypatch, tiny
     config = ZImageConfig.from_name("tiny")
     assert config.source == "tiny" and config.block_counts["layers"] == 3
     assert ZImageConfig.from_name("tiny-random").block_counts["layers"] == 2  # the random preset keeps its shapes
+
+
+def test_tiny_loads_the_shipped_weights_and_tiny_random_stays_random(tmp_path, monkeypatch, tiny_components):
+    monkeypatch.setattr(config_module, "EMBEDDED_ROOT", tmp_path)
+    folder = tmp_path / "tiny"
+    torch.manual_seed(7)
+    trained = ZImageTransformer2DModel(**tiny_components.transformer.config)  # other weights than the random preset's
+    trained.save_pretrained(folder / "transformer")
+    tiny_components.text_encoder.save_pretrained(folder / "text_encoder")
+    tiny_components.vae.save_pretrained(folder / "vae")
+    loaded = load_components("tiny")
+    assert "trained" in loaded.source and str(folder) in loaded.source
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(loaded.transformer.state_dict()[name], tensor), name
+    random_preset = load_components("tiny-random")
+    assert not torch.equal(random_preset.transformer.layers[0].attention.to_q.weight, trained.layers[0].attention.to_q.weight)

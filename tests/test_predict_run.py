@@ -22,7 +22,7 @@ def test_baseline_config_writes_images_table_and_events(tmp_path):
     cli_main(["predict", "--config", str(CONFIGS / "baseline.yaml"), "--trainer.default_root_dir", str(tmp_path)])
     run = tmp_path / "lightning_logs" / "baseline"
     rows = read_rows(run / "results.jsonl")
-    assert len(rows) == 6 and len({r["item_id"] for r in rows}) == 6
+    assert len(rows) == 40 and len({r["item_id"] for r in rows}) == 40  # 20 world prompts x 2 seeds
     assert all((run / r["image"]).is_file() for r in rows)
     assert all(r["seconds"] > 0 and r["steps"] == 8 for r in rows)
     assert list(run.glob("events.out.tfevents.*"))
@@ -123,7 +123,7 @@ def test_the_guard_fails_when_a_model_loads(tmp_path, monkeypatch, no_model_load
         (["--data.init_args.study.sampler.steps", "0"], "steps must be"),
         (["--data.init_args.study.encoding.hidden_layer", "-40"], "out of range"),
         (["--data.init_args.study.encoding.long_prompt_mode", "squash"], "long_prompt_mode"),
-        (["--data.init_args.study.prompts", "[]"], "no prompts"),
+        (["--data.init_args.study.prompts", "[]", "--data.init_args.study.prompts_file", "null"], "no prompts"),
         (["--model.weights", "/no/such/folder"], "does not exist"),
     ],
 )

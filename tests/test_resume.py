@@ -239,7 +239,7 @@ def test_cli_prints_one_error_line_for_changed_settings(tmp_path, capsys, monkey
 
     args = ["predict", "--config", str(CONFIGS / "baseline.yaml"), "--trainer.default_root_dir", str(tmp_path),
             "--trainer.enable_progress_bar", "false", "--data.init_args.study.sampler.height", "32",
-            "--data.init_args.study.sampler.width", "32"]
+            "--data.init_args.study.sampler.width", "32", "--data.init_args.max_prompts", "3"]
     cli_main([*args, "--data.init_args.study.sampler.steps", "1"])
     first = capsys.readouterr().err
     assert "results: " in first and "[6 new, 0 resumed (6 of 6 items)]" in first

@@ -15,16 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 SEEDS = [42, 123, 456, 789, 1000]
 STUDY_DATA = "llm_dit.data.StudyDataModule"
+# name -> (kind, control, conditions, prompts, seeds). Every study runs on the synthetic world's prompts
+# (configs/prompts/world_*.txt), sized to finish in a few minutes on 2 CPU cores (each config's header).
 SEED_STUDIES = {
-    "hidden_layer": ("hidden_layer", "hidden_layer=-2", 8, 50),
-    "think_block": ("think_block", "none", 8, 30),
-    "refiner_skip": ("refiner", "default", 2, 50),
-    "refiner_depth": ("refiner", "default", 5, 50),
-    "refiner_layerwise": ("refiner", "default", 3, 50),
-    "shift_steps": ("shift_steps", "shift=3.0,steps=8", 56, 10),
-    "long_prompt": ("long_prompt", "truncate", 4, 30),
-    "token_importance": ("token_importance", "baseline", 8, 2),
-    "system_prompt": ("system_prompt", "none", 6, 20),
+    "hidden_layer": ("hidden_layer", "hidden_layer=-2", 8, 20, SEEDS),
+    "think_block": ("think_block", "none", 8, 20, SEEDS),
+    "refiner_skip": ("refiner", "default", 2, 20, SEEDS),
+    "refiner_depth": ("refiner", "default", 5, 20, SEEDS),
+    "refiner_layerwise": ("refiner", "default", 3, 20, SEEDS),
+    "shift_steps": ("shift_steps", "shift=3.0,steps=8", 56, 20, [42]),
+    "long_prompt": ("long_prompt", "truncate", 4, 20, [42]),
+    "token_importance": ("token_importance", "baseline", 8, 20, SEEDS),
+    "system_prompt": ("system_prompt", "none", 6, 20, SEEDS),
 }
 PROMPT_FILES = {"standard_50.txt": 50, "think_block.txt": 30, "shift_steps.txt": 10, "system_prompt.txt": 20}
 
@@ -129,12 +131,12 @@ def test_study_config_builds_items_and_shrinks(path, in_config_folder):
 
 @pytest.mark.parametrize("name", SEED_STUDIES)
 def test_seed_study_shape(name, studies):
-    kind, control, num_conditions, num_prompts = SEED_STUDIES[name]
+    kind, control, num_conditions, num_prompts, seeds = SEED_STUDIES[name]
     study = studies[name]
     conditions = [c.name for c in study.resolved_conditions()]
     assert study.kind == kind and study.control == control
     assert len(conditions) == num_conditions and control in conditions
-    assert study.seeds == SEEDS
+    assert study.seeds == seeds
     assert len(study.resolved_prompts()) == num_prompts
 
 
@@ -154,7 +156,7 @@ def test_hidden_layer_conditions(studies):
     assert {"hidden_layer": [-1, -2], "layer_combine": "mean"} in mixes
     assert {"hidden_layer": "all", "layer_combine": "normalized_mean"} in mixes
     first = studies["hidden_layer"].resolved_prompts()[0]
-    assert first.text == "A cat sleeping on a red couch"
+    assert first.text == load_prompts_file(ROOT / "configs" / "prompts" / "world_mixed.txt")[0].text
 
 
 def test_shift_steps_grid(studies):
@@ -232,16 +234,13 @@ def test_long_prompt_config(studies):
     assert modes == {m: m for m in ("truncate", "interpolate", "pool", "attention_pool")}
     assert study.baseline_encoding().max_length == 1024
     prompts = study.resolved_prompts()
-    assert {p.metadata["target_tokens"] for p in prompts} == {1024, 1280, 1536, 2048, 3072}
-    assert {"front_heavy", "back_heavy", "distributed", "repetitive"} <= {p.type for p in prompts}
+    assert {p.type for p in prompts} == {"front", "back", "distributed", "repeated"}
 
 
 def test_token_importance_config(studies):
     study = studies["token_importance"]
-    assert [p.text for p in study.resolved_prompts()] == [
-        "A fluffy orange cat sleeping on a velvet red couch",
-        "An ancient stone castle on a misty green hillside",
-    ]
+    world = load_prompts_file(ROOT / "configs" / "prompts" / "world_mixed.txt")
+    assert [p.text for p in study.resolved_prompts()] == [p.text for p in world]
     transforms = [c.prompt_transform for c in study.resolved_conditions()]
     assert transforms == [
         "baseline", "shuffle_all", "shuffle_nouns", "duplicate_important",

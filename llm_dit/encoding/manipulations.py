@@ -151,12 +151,28 @@ def shuffle_nouns(text: str, seed: int = 0, model: str | None = None) -> str:
     velvet red cat": adjectives now describe other objects (binding, Q6.2).
     Each position keeps its original whitespace, so only noun texts move.
     """
+    return _shuffle_tagged(text, NOUN_TAGS, seed, model)
+
+
+def _shuffle_tagged(text: str, tags, seed: int, model: str | None) -> str:
+    """Permute the texts of the tokens whose part of speech is in `tags` among their positions."""
     doc = _doc(text, model)
-    slots = [token.i for token in doc if token.pos_ in NOUN_TAGS]
-    nouns = [doc[i].text for i in slots]
-    order = _seeded_permutation(len(slots), seed, distinct=nouns)
-    replaced = {slot: nouns[source] for slot, source in zip(slots, order)}
+    slots = [token.i for token in doc if token.pos_ in tags]
+    words = [doc[i].text for i in slots]
+    order = _seeded_permutation(len(slots), seed, distinct=words)
+    replaced = {slot: words[source] for slot, source in zip(slots, order)}
     return render([(replaced.get(token.i, token.text), token.whitespace_) for token in doc])
+
+
+def shuffle_adjectives(text: str, seed: int = 0, model: str | None = None) -> str:
+    """Permute the adjectives (ADJ) among the adjective positions; every other token stays put.
+
+    "a red circle and a blue square" -> "a blue circle and a red square": the
+    attributes move to other objects (colour binding). The counterpart of
+    `shuffle_nouns`, and a positive control of the synthetic world: scored
+    against the original prompt, a model that binds colours must lose.
+    """
+    return _shuffle_tagged(text, ADJECTIVE_TAGS, seed, model)
 
 
 def duplicate_important(text: str, seed: int = 0, model: str | None = None) -> str:
@@ -227,6 +243,7 @@ TRANSFORMS: dict[str, Transform] = {
     "back_load": back_load,
     "remove_adjectives": remove_adjectives,
     "remove_nouns": remove_nouns,
+    "shuffle_adjectives": shuffle_adjectives,  # not a seed condition: the world's colour-binding positive control
 }
 
 

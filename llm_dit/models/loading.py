@@ -22,7 +22,14 @@ import torch
 from safetensors import safe_open
 
 from llm_dit.models.components import ZImageComponents
-from llm_dit.models.config import RANDOM_Z_IMAGE_TURBO, TINY, TINY_RANDOM, ZImageConfig, looks_like_diffusers
+from llm_dit.models.config import (
+    RANDOM_Z_IMAGE_TURBO,
+    TINY,
+    TINY_RANDOM,
+    ZImageConfig,
+    embedded_model_folder,
+    looks_like_diffusers,
+)
 from llm_dit.models.placement import Placement, apply_placement, out_of_memory_advice, resolve_dtype
 from llm_dit.models.single_file import (
     PICKLE_SUFFIXES,
@@ -187,6 +194,11 @@ def _load_resolved(resolved: ResolvedWeights, dtypes: dict[str, torch.dtype], se
     if resolved.kind == "random":  # full-size, random weights, built on the GPU if there is one
         return build_random_components(seed=seed, dtype=dtypes["transformer"])
     if resolved.kind == "tiny":
+        trained = embedded_model_folder(TINY) if resolved.location == TINY else None
+        if trained is not None:  # the trained embedded model shipped in the package (issue 18)
+            components = load_diffusers_folder(os.fspath(trained), dtypes=dtypes)
+            components.source = f"{TINY} (trained, {trained})"
+            return components
         components = build_tiny_components(seed=seed)
         for role, module in components.modules().items():
             module.to(dtypes[role])

@@ -36,6 +36,7 @@ from typing import Any
 
 from llm_dit.results.table import RESULTS, read_rows  # one reader for the results table, torn lines and all
 from llm_dit.results.settings import ConditionSettings, condition_settings
+from llm_dit.world.score import FACT_KINDS
 
 SET_METRICS = "set_metrics.json"
 ANALYSIS = "embedding_analysis.json"
@@ -59,6 +60,10 @@ DIRECTIONS = {
     "peak_memory_mb": -1,
     "caption_tokens": 0,
     "num_tokens": 0,
+    # The synthetic world's exact scene scores (callbacks/scene_score.py): share of facts that hold.
+    "world_all": 1,
+    "world_facts": 1,
+    **{f"world_{kind}": 1 for kind in FACT_KINDS},
 }
 
 

@@ -15,7 +15,8 @@ from llm_dit.results import figures
 from llm_dit.results.run_data import RunData, direction, encoding_value, meta
 from llm_dit.results.stats import Estimate, cluster_bootstrap_mean, paired_difference
 
-QUALITY_PREFERENCE = ("clip_score", "clip_score_random_init", "detail_score", "detail_score_random_init")
+# The world's exact, weight-free scene score first: where a study has it, it is the measured truth.
+QUALITY_PREFERENCE = ("world_facts", "clip_score", "clip_score_random_init", "detail_score", "detail_score_random_init")
 FID_NAMES = ("fid", "fid_random_init")
 
 

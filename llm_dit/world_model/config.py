@@ -98,6 +98,9 @@ class WorldTrainingConfig:
         caption_dropout: DiT stage: fraction of captions replaced by the empty prompt (for CFG).
         kl_weight: VAE stage: weight of the KL term next to the pixel MSE.
         ema_decay: DiT stage: decay of the exponential moving average of the weights (what ships).
+        encoder_answer_weight: encoder stage: loss weight of the assistant answer's tokens (the copy of
+            the user's scene; 1 weighs every token alike).
+        dit_frozen_timestep_embedder: DiT stage: keep the timestep embedder at its random start.
         dit_init: DiT stage: "adaln_zero" starts every block as the identity and the output at zero
             (DiT's recipe); "diffusers" keeps the class's random start.
         vae, encoder, dit: per-stage settings.
@@ -111,6 +114,8 @@ class WorldTrainingConfig:
     kl_weight: float = 1e-6
     vae: StageSettings = field(default_factory=lambda: StageSettings(max_steps=6000, batch_size=256, learning_rate=1e-3))
     ema_decay: float = 0.999
-    dit_init: Literal["diffusers", "adaln_zero"] = "adaln_zero"
+    dit_init: Literal["diffusers", "adaln_zero"] = "diffusers"
+    dit_frozen_timestep_embedder: bool = True
+    encoder_answer_weight: float = 1.0
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

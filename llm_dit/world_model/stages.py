@@ -81,10 +81,14 @@ class EncoderStage(_Stage):
     batch of 256 transcripts in memory. Rows of unused tokens are never trained.
     """
 
-    def __init__(self, settings: StageSettings, vocab_size: int, pad_token_id: int, vocabulary: torch.Tensor) -> None:
+    def __init__(self, settings: StageSettings, vocab_size: int, pad_token_id: int, vocabulary: torch.Tensor,
+                 answer_start_token_id: int | None = None, answer_weight: float = 1.0) -> None:
         super().__init__(settings)
         self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **ENCODER_CONFIG))
         self.pad_token_id = pad_token_id
+        # Tokens of the assistant's answer (after the last `answer_start_token_id`) weigh `answer_weight`:
+        # restating the user's scene is the copy that makes the features carry every attribute.
+        self.answer_start_token_id, self.answer_weight = answer_start_token_id, answer_weight
         self.register_buffer("vocabulary", vocabulary.sort().values)
         position = torch.full((vocab_size,), -100, dtype=torch.long)
         position[self.vocabulary] = torch.arange(len(vocabulary))
@@ -96,7 +100,15 @@ class EncoderStage(_Stage):
         hidden = self.lm.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, :-1]
         logits = (hidden @ self.lm.model.embed_tokens.weight[self.vocabulary].T).float()
         targets = self.position_in_vocabulary[ids[:, 1:]].masked_fill(~mask[:, 1:], -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        if self.answer_weight == 1.0 or self.answer_start_token_id is None:
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        # position p of the targets predicts token p + 1: in the answer once a start marker came at or before p
+        is_marker = ids[:, :-1] == self.answer_start_token_id
+        markers_from_here = is_marker.long().flip(1).cumsum(1).flip(1)
+        in_answer = (markers_from_here == 0) | ((markers_from_here == 1) & is_marker)
+        weights = torch.where(in_answer, self.answer_weight, 1.0) * mask[:, 1:]
+        return (per_token * weights).sum() / weights.sum()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -112,9 +124,9 @@ def adaln_zero_init(transformer: ZImageTransformer2DModel) -> None:
     and the output as zero.
 
     Zeroes each block's modulation (tanh gates 0, scales 1) and the final layer's modulation and
-    projection. diffusers' class initialises from random; a from-scratch training of it needs the
-    start every DiT recipe uses, or the unbounded final-layer scale lets the loss run away
-    (benchmarks/NOTES.md, third session). The architecture and the classes stay Z-Image's.
+    projection; the architecture and the classes stay Z-Image's. Tried in the third session against
+    the DiT's divergence: it did not steady it (the timestep embedding still ran away), so the recipe
+    keeps diffusers' random start and freezes the timestep embedder instead (benchmarks/NOTES.md).
     """
     modulations = [block.adaLN_modulation for block in [*transformer.noise_refiner, *transformer.layers]]
     finals = list(transformer.all_final_layer.values())
@@ -132,7 +144,8 @@ class DitStage(_Stage):
     """
 
     def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True, ema_decay: float = 0.999,
-                 static_caption_width: bool = True, init: DitInit = "diffusers") -> None:
+                 static_caption_width: bool = True, init: DitInit = "diffusers",
+                 frozen_timestep_embedder: bool = False) -> None:
         super().__init__(settings)
         self.transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
         # diffusers starts the learned pad tokens at zero; a trained model's are not.
@@ -140,6 +153,13 @@ class DitStage(_Stage):
             parameter.data.normal_(0.0, 0.02)
         if init == "adaln_zero":
             adaln_zero_init(self.transformer)
+        if frozen_timestep_embedder:
+            # The timestep embedding feeds every block's modulation and the final layer's scale. Trained,
+            # its magnitude grew ~600x within 2,000 steps (the blocks profit from saturated gates and
+            # scales, the post-norms hide it), and the final scale, which the output is linear in, ran
+            # away with it (benchmarks/NOTES.md, third session). Frozen at its random start it stays a
+            # fixed smooth feature map of t, and each consumer learns its own modulation from it.
+            self.transformer.t_embedder.requires_grad_(False)
         self.ema = torch.optim.swa_utils.AveragedModel(
             self.transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)

@@ -30,6 +30,7 @@ from transformers import Qwen3Model
 from llm_dit.models.tiny import load_bundled_tokenizer
 from llm_dit.world_model.config import IMAGE_SIZE, WorldTrainingConfig
 from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text, images_to_tensor
+from llm_dit.world_model.encoder_probe import probe_encoder
 from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features
 
 Stage = Literal["vae", "encoder", "dit"]
@@ -68,12 +69,27 @@ class _PrintProgress(L.Callback):
             print(f"step {trainer.global_step} {time.perf_counter() - self.start:.0f}s {metrics}", flush=True)
 
 
-def _trainer(stage_dir: Path, recipe_steps: int, max_minutes: float, gradient_clip: float = 1.0) -> L.Trainer:
+def piece_time_limit(checkpoint: dict | None, max_minutes: float) -> timedelta:
+    """The Trainer's `max_time` that gives this piece `max_minutes` of training.
+
+    Lightning's Timer restores the training time of earlier pieces from the checkpoint and
+    counts `max_time` over the whole run, so a resumed piece with `max_time=max_minutes`
+    stopped after max_minutes minus the time already spent (the third session's second DiT
+    piece ran 2.4 of its 5.2 minutes). The limit is therefore the earlier time plus this piece's.
+    """
+    earlier = 0.0
+    for key, state in (checkpoint or {}).get("callbacks", {}).items():
+        if "Timer" in str(key):
+            earlier = float(state.get("time_elapsed", {}).get("train", 0.0))
+    return timedelta(seconds=earlier) + timedelta(minutes=max_minutes)
+
+
+def _trainer(stage_dir: Path, recipe_steps: int, max_time: timedelta, gradient_clip: float = 1.0) -> L.Trainer:
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
                                                       every_n_train_steps=500, save_top_k=0)
     loggers = [L.pytorch.loggers.TensorBoardLogger(stage_dir, name="tb"), L.pytorch.loggers.CSVLogger(stage_dir, name="csv")]
     return L.Trainer(
-        max_steps=recipe_steps, max_time=timedelta(minutes=max_minutes), precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
+        max_steps=recipe_steps, max_time=max_time, precision="bf16-mixed" if torch.cuda.is_available() else "32-true",
         logger=loggers, callbacks=[checkpoints, _PrintProgress()], enable_progress_bar=False,
         log_every_n_steps=50, enable_model_summary=False, gradient_clip_val=gradient_clip, default_root_dir=stage_dir,
     )
@@ -82,14 +98,15 @@ def _trainer(stage_dir: Path, recipe_steps: int, max_minutes: float, gradient_cl
 def _fit(module: L.LightningModule, data: _DeviceData, batches: TensorBatches, stage_dir: Path,
          steps: int, max_minutes: float) -> int:
     last = stage_dir / "checkpoints" / "last.ckpt"
+    # (mmap: only the step count and the timer are read here; Lightning loads the checkpoint itself below)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=False, mmap=True) if last.is_file() else None
     # A resumed piece draws new batches and noise: seeded by the step it starts from.
-    # (mmap: only the step count is read here; Lightning loads the checkpoint itself below)
-    start_step = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"]) if last.is_file() else 0
+    start_step = int(checkpoint["global_step"]) if checkpoint else 0
     batches.seed = [batches.seed, start_step] if start_step else batches.seed
     L.seed_everything(int(np.random.default_rng(batches.seed).integers(2**31)) if start_step else batches.seed)
     original_step = module.training_step
     module.training_step = lambda indices, batch_idx: original_step(module.fetch(indices), batch_idx)
-    trainer = _trainer(stage_dir, steps, max_minutes, module.settings.gradient_clip)
+    trainer = _trainer(stage_dir, steps, piece_time_limit(checkpoint, max_minutes), module.settings.gradient_clip)
     trainer.callbacks.append(data)
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     trainer.fit(module, loader, ckpt_path=str(last) if last.is_file() else None)
@@ -146,7 +163,9 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     texts = [chat_lm_text(s.scene, c, rng) for s in samples for c in s.captions]
     ids, _ = _tokenize(texts, tokenizer, max_tokens=256)
     vocabulary = torch.unique(torch.cat([ids.flatten(), torch.tensor(tokenizer.all_special_ids)]))
-    module = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary)
+    module = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
+                          answer_start_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+                          answer_weight=recipe.encoder_answer_weight)
     data = _DeviceData({"ids": ids}, lambda t, i: t["ids"][i])
     steps = _fit(module, data, TensorBatches(len(ids), recipe.encoder.batch_size, recipe.seed), output_dir / "encoder", recipe.encoder.max_steps, max_minutes)
     export = output_dir / "export" / "text_encoder"
@@ -168,7 +187,9 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     with torch.no_grad():
         losses = [evaluator.loss(held_ids[s:s + 512].to(device)) for s in range(0, len(held_ids), 512)]
     loss = float(torch.stack(losses).mean())
-    _log(output_dir, {"stage": "encoder", "steps": steps, "heldout_loss": loss, "heldout_perplexity": float(np.exp(loss))})
+    copy = probe_encoder(evaluator.lm.model, tokenizer, scenes=300, seed=recipe.seed, vocabulary=vocabulary)
+    _log(output_dir, {"stage": "encoder", "steps": steps, "heldout_loss": loss, "heldout_perplexity": float(np.exp(loss)),
+                      "attribute_copy_accuracy": {kind: round(r["accuracy"], 4) for kind, r in copy.items()}})
 
 
 def caption_features(encoder: Qwen3Model, tokenizer, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +274,7 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
 
     data = _DeviceData(tensors, make_batch)
     module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay, static_caption_width=static_caption_width,
-                      init=recipe.dit_init)
+                      init=recipe.dit_init, frozen_timestep_embedder=recipe.dit_frozen_timestep_embedder)
     if init_from_export and (export / "transformer").is_dir() and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
         # A piece on a fresh machine without the checkpoint: continue from the exported weights
         # (the optimizer state and the step count start again; the log says so).

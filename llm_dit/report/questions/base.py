@@ -92,8 +92,8 @@ class Context:
         return next((m for m in (base, base + "_random_init") if m in self.metrics), None)
 
     def main_metrics(self) -> list[str]:
-        """Metrics worth a line in most answers: CLIP scores and detail score."""
-        wanted = ("clip_score", "clip_elements_mean", "detail_score")
+        """Metrics worth a line in most answers: the world's scene scores, CLIP scores and detail score."""
+        wanted = ("world_all", "world_facts", "clip_score", "clip_elements_mean", "detail_score")
         return [m for m in (self.metric(w) for w in wanted) if m]
 
     # -- conditions ---------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""The world model's training fixes of the third session: each checked against what it claims."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import lightning as L
+import torch
+
+from llm_dit.models.tiny import load_bundled_tokenizer
+from llm_dit.world_model.config import StageSettings
+from llm_dit.world_model.encoder_probe import attribute_copy_accuracy, first_token_classes, transcript_answer_starts
+from llm_dit.world_model.stages import DitStage
+from llm_dit.world_model.train import piece_time_limit
+
+SETTINGS = StageSettings(max_steps=10, batch_size=2, learning_rate=1e-3)
+
+
+def test_adaln_zero_start_makes_every_modulated_block_the_identity_and_the_output_zero():
+    stage = DitStage(SETTINGS, compile=False, init="adaln_zero")
+    model = stage.transformer
+    x = torch.randn(2, 8, model.dim)
+    adaln = model.t_embedder(torch.tensor([250.0, 900.0])).type_as(x)
+    rope = model.rope_embedder(torch.zeros(8, 3, dtype=torch.long))[None].expand(2, -1, -1)
+    for block in [*model.noise_refiner, *model.layers]:
+        assert torch.equal(block(x, None, rope, adaln), x)
+    final = next(iter(model.all_final_layer.values()))
+    assert torch.count_nonzero(final(x, c=adaln)) == 0
+
+
+def test_frozen_timestep_embedder_is_left_out_of_the_optimizer_and_never_changes():
+    stage = DitStage(SETTINGS, compile=False, frozen_timestep_embedder=True)
+    before = {k: v.clone() for k, v in stage.transformer.t_embedder.state_dict().items()}
+    optimizer = stage.configure_optimizers()["optimizer"]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in stage.transformer.t_embedder.parameters()}
+    assert {id(p) for p in stage.transformer.layers.parameters()} <= optimized
+    x = torch.randn(2, 16, 4, 4)
+    out = stage.transformer([x[0].unsqueeze(1), x[1].unsqueeze(1)], torch.tensor([0.3, 0.7]),
+                            [torch.randn(5, stage.transformer.config.cap_feat_dim)] * 2, return_dict=False)[0]
+    torch.stack(out).square().mean().backward()
+    optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in stage.transformer.t_embedder.state_dict().items())
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_resumed_piece_gets_its_own_minutes_on_top_of_the_earlier_training_time(tmp_path):
+    trainer = L.Trainer(max_steps=3, max_time=timedelta(minutes=5), logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(_Tiny(), torch.utils.data.DataLoader(torch.randn(8, 2), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    earlier = next(s for k, s in checkpoint["callbacks"].items() if "Timer" in k)["time_elapsed"]["train"]
+    assert earlier > 0
+    assert piece_time_limit(checkpoint, 2.0) == timedelta(seconds=earlier, minutes=2)
+    assert piece_time_limit(None, 2.0) == timedelta(minutes=2)
+
+
+def test_attribute_copy_accuracy_counts_synonyms_as_one_class_and_scores_only_the_answer():
+    tokenizer = load_bundled_tokenizer()
+    classes = first_token_classes(tokenizer)
+    token = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in ["big", "large", "small", "white", "black", "red"]}
+    assert classes["size"][token["big"]] == classes["size"][token["large"]] != classes["size"][token["small"]]
+    # user turn: "big white"; answer: "large black red" (the answer's words are what is scored)
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    ids = torch.tensor([token["big"], token["white"], start, token["large"], token["black"], token["red"]])
+    assert transcript_answer_starts([ids], tokenizer) == [3]
+    # A predictor that says "big" (right class for "large"), "white" (wrong for "black"), "red" (right).
+    predictions = torch.tensor([0, 0, token["big"], token["white"], token["red"], 0])
+    result = attribute_copy_accuracy(lambda _: predictions, [ids], [3], classes)
+    assert result["size"] == {"accuracy": 1.0, "words": 1}
+    assert result["background"] == {"accuracy": 0.0, "words": 1}
+    assert result["colour"] == {"accuracy": 1.0, "words": 1}
+    assert result["style"]["words"] == 0
+
+
+def test_answer_weight_weighs_the_tokens_after_the_last_marker():
+    from torch.nn import functional as F
+
+    from llm_dit.world_model.stages import EncoderStage
+
+    torch.manual_seed(0)
+    marker, pad = 7, 0
+    ids = torch.tensor([[3, 7, 4, 5, 7, 6, 5, 4], [3, 4, 7, 5, 6, 0, 0, 0]])
+    plain = EncoderStage(SETTINGS, vocab_size=16, pad_token_id=pad, vocabulary=torch.arange(1, 16))
+    weighted = EncoderStage(SETTINGS, vocab_size=16, pad_token_id=pad, vocabulary=torch.arange(1, 16),
+                            answer_start_token_id=marker, answer_weight=3.0)
+    weighted.load_state_dict(plain.state_dict())
+    # Oracle: per-token losses of the plain stage, weighted by hand. Row 0's answer: targets after index 4
+    # (positions 4..6 predict tokens 5..7); row 1's: positions 2..3 (position 4 predicts padding).
+    hidden = plain.lm.model(input_ids=ids, attention_mask=(ids != pad).long()).last_hidden_state[:, :-1]
+    logits = hidden @ plain.lm.model.embed_tokens.weight[plain.vocabulary].T
+    targets = plain.position_in_vocabulary[ids[:, 1:]].masked_fill(ids[:, 1:] == pad, -100)
+    per_token = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    weights = torch.tensor([[1, 1, 1, 1, 3, 3, 3], [1, 1, 3, 3, 0, 0, 0]], dtype=torch.float)
+    expected = (per_token * weights).sum() / weights.sum()
+    assert torch.allclose(weighted.loss(ids), expected, atol=1e-6)
+    assert torch.allclose(plain.loss(ids), per_token.sum() / (ids[:, 1:] != pad).sum(), atol=1e-6)
