@@ -9,7 +9,12 @@ that hold; missing where the prompt states none):
 * ``world_all``: 1 when every fact holds, else 0 (the image-level score);
 * ``world_facts``: share of all facts that hold;
 * ``world_<kind>`` for presence, count, colour, size, position, style,
-  relation, background (see ``llm_dit.world.score``).
+  relation, background (see ``llm_dit.world.score``);
+* ``world_fill_<style>`` for each style in ``fills`` (off by default): the
+  share of the detected objects drawn with that fill, whatever the prompt says
+  (missing when no object is detected). The style adapter's score
+  (configs/world_style_adapter_predict.yaml): a prompt that names no fill leaves
+  ``world_style`` empty, this still reads what the image shows.
 
 Prompts are read from ``original_prompt`` by default: a token manipulation
 (shuffled nouns, removed adjectives) is scored on whether the image still
@@ -35,7 +40,16 @@ from torch import Tensor
 from callbacks.metrics import ItemMetricCallback, gather_dict
 from llm_dit.world.metric import to_uint8_images
 from llm_dit.world.overlay import draw_detections
-from llm_dit.world.score import FACT_KINDS, SceneScore, chance_level, item_values, score_image
+from llm_dit.world.scene import STYLES
+from llm_dit.world.score import (
+    FACT_KINDS,
+    SceneScore,
+    chance_level,
+    fill_share,
+    fill_share_chance,
+    item_values,
+    score_image,
+)
 
 METRIC_NAMES = ["world_all", "world_facts", *(f"world_{kind}" for kind in FACT_KINDS)]
 
@@ -47,12 +61,24 @@ class SceneScoreCallback(ItemMetricCallback):
         prompt: "original" (the prompt the study asked for) or "encoded" (the prompt as encoded).
         max_size: larger images are downscaled to this many pixels (the world is drawn at 64-256 px).
         overlay_images: how many debug overlays to send to TensorBoard (0: none).
+        fills: fill styles (of flat, striped, dotted) whose share of detected objects is
+            reported as ``world_fill_<style>``, e.g. [striped] for a stripe adapter.
     """
 
-    def __init__(self, prompt: Literal["original", "encoded"] = "original", max_size: int = 256, overlay_images: int = 8) -> None:
+    def __init__(
+        self,
+        prompt: Literal["original", "encoded"] = "original",
+        max_size: int = 256,
+        overlay_images: int = 8,
+        fills: list[str] | None = None,
+    ) -> None:
         super().__init__()
         if prompt not in ("original", "encoded"):
             raise ValueError(f"SceneScoreCallback(prompt={prompt!r}): use 'original' or 'encoded'")
+        unknown = [style for style in fills or [] if style not in STYLES]
+        if unknown:
+            raise ValueError(f"SceneScoreCallback(fills={fills!r}): {unknown} not fill styles; use some of {list(STYLES)}")
+        self.fills = list(dict.fromkeys(fills or []))
         self.prompt = prompt
         self.max_size = max_size
         self.overlay_images = overlay_images
@@ -63,7 +89,7 @@ class SceneScoreCallback(ItemMetricCallback):
 
     @property
     def metric_names(self) -> list[str]:
-        return list(METRIC_NAMES)
+        return [*METRIC_NAMES, *(f"world_fill_{style}" for style in self.fills)]
 
     def _pixels(self, images: Tensor) -> np.ndarray:
         images = images.float()
@@ -75,7 +101,7 @@ class SceneScoreCallback(ItemMetricCallback):
 
     def score(self, batch: Any, device: torch.device) -> dict[str, list[float | None]]:
         pixels = self._pixels(batch.images)
-        out: dict[str, list[float | None]] = {name: [] for name in METRIC_NAMES}
+        out: dict[str, list[float | None]] = {name: [] for name in self.metric_names}
         self._last_scores = []
         # Only the batch's new items are scored (resumed ones keep their stored values): the
         # overlays pair these scores with these items, never with the whole batch.
@@ -86,6 +112,8 @@ class SceneScoreCallback(ItemMetricCallback):
             self._last_scores.append(result)
             for name, value in item_values(result).items():
                 out[f"world_{name}"].append(value)
+            for style in self.fills:
+                out[f"world_fill_{style}"].append(fill_share(result.detections.objects, style))
             if text not in self._chance:
                 self._chance[text] = {f"world_{k}": v for k, v in chance_level(text).items()}
         return out
@@ -143,6 +171,14 @@ class SceneScoreCallback(ItemMetricCallback):
             self._overlays_sent += 1
 
     def info(self, metric: str) -> dict[str, Any]:
+        if metric.startswith("world_fill_"):
+            style = metric.removeprefix("world_fill_")
+            return {
+                "definition": f"share of the detected objects drawn {style} (the detector's fill class), "
+                "whatever the prompt states; missing when no object is detected",
+                "chance": round(fill_share_chance(style), 4),
+                "chance_definition": f"mean share of {style} objects in random world scenes",
+            }
         chance = self.chance(metric)
         return {
             "definition": "share of the prompt's world facts that the detected scene satisfies "

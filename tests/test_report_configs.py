@@ -77,6 +77,9 @@ EXPECTED: dict[str, dict[str, set[tuple[str, str]]]] = {
         "Q2.3": {("style", "none")},
         "Q2.4": {("irrelevant", "none")},
     },
+    "world_style_adapter_predict.yaml": {
+        "Q3.4": {("adapter=0", "no_adapter"), ("adapter=0.5", "no_adapter"), ("adapter=1", "no_adapter")},
+    },
     "token_importance.yaml": {
         "Q6.1": {("shuffle_all", "baseline"), ("shuffle_nouns", "baseline")},
         "Q6.2": {("remove_nouns", "baseline"), ("remove_adjectives", "baseline"), ("remove_nouns", "remove_adjectives")},

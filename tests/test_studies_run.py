@@ -19,7 +19,7 @@ STUDY_CONFIGS = sorted(
 
 
 # Needs the adapter `fit` writes first: tests/test_study_configs.py runs fit, then this config.
-NEEDS_FIT = {"refiner_style_adapter_predict"}
+NEEDS_FIT = {"refiner_style_adapter_predict", "world_style_adapter_predict"}  # the second: tests/test_world_style_adapter.py
 
 
 def expected_conditions(path: Path) -> list[str]:

@@ -65,7 +65,7 @@ def adapter_paths(config: dict) -> set[str]:
 
 @pytest.fixture(scope="module")
 def adapter_folder(tmp_path_factory) -> Path:
-    """A folder holding what `fit --config configs/refiner_style_adapter.yaml` writes: the adapter
+    """A folder holding what the fit configs (refiner_style_adapter, world_style_adapter) write: the adapter
     (exported from a TrainableAdapter on the tiny model, perturbed as training would; no training)."""
     import torch
 
@@ -77,8 +77,8 @@ def adapter_folder(tmp_path_factory) -> Path:
     with torch.no_grad():
         for parameter in adapter.parameters():
             parameter.add_(0.2 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))
-    (path,) = adapter_paths(load(ADAPTER_CONFIG))
-    adapter.export(folder / path, {"weights": "tiny"})
+    for path in set().union(*(adapter_paths(load(config)) for config in CONFIGS)):  # every adapter study's
+        adapter.export(folder / path, {"weights": "tiny"})
     adapter.remove()
     return folder
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from llm_dit.results.table import RESULTS, read_rows  # one reader for the results table, torn lines and all
 from llm_dit.results.settings import ConditionSettings, condition_settings
+from llm_dit.world.scene import STYLES
 from llm_dit.world.score import FACT_KINDS
 
 SET_METRICS = "set_metrics.json"
@@ -64,6 +65,8 @@ DIRECTIONS = {
     "world_all": 1,
     "world_facts": 1,
     **{f"world_{kind}": 1 for kind in FACT_KINDS},
+    # Share of detected objects with one fill: higher = more of the fill a style adapter targets.
+    **{f"world_fill_{style}": 1 for style in STYLES},
 }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from llm_dit.world.detection import ImageDetections, detect
 from llm_dit.world.facts import Facts, ObjectFact, RelationFact
 from llm_dit.world.parse import expected_facts
-from llm_dit.world.scene import Scene, sample_scene
+from llm_dit.world.scene import STYLES, Scene, sample_scene
 
 FACT_KINDS = ("presence", "count", "colour", "size", "position", "style", "relation", "background")
 
@@ -196,3 +196,20 @@ def chance_level(prompt: str | Facts, scenes: int = 200, seed: int = 0) -> dict[
         values = [r[name] for r in rows if r[name] is not None]
         out[name] = float(np.mean(values)) if values else None
     return out
+
+
+def fill_share(objects: Sequence[HasAttributes], style: str) -> float | None:
+    """Share of ``objects`` drawn with fill ``style`` (None when there are none).
+
+    Independent of any prompt: what a style adapter is meant to move. On
+    detections it reads the detector's own fill classification; on a ground-truth
+    scene's objects it is the scene's true share (how tests hold one against the other).
+    """
+    if style not in STYLES:
+        raise ValueError(f"fill style {style!r} is not one of {STYLES}")
+    return float(np.mean([o.style == style for o in objects])) if objects else None
+
+
+def fill_share_chance(style: str, scenes: int = 200, seed: int = 0) -> float:
+    """Mean ``fill_share`` of random world scenes: the share an image unrelated to any style shows."""
+    return float(np.mean([fill_share(s.objects, style) for s in _random_scenes(scenes, seed)]))
