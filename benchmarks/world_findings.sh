@@ -23,7 +23,8 @@
 # baseline 40 images (~15 s), refiner_skip 200 (~50 s), refiner_layerwise 300 (~75 s), refiner_depth 500
 # (~2 min), hidden_layer 800 (~3 min), token_importance 800 (~3 min), system_prompt 600 (~3 min),
 # think_block 800 (~4 min), shift_steps 1120 (~5 min), long_prompt 80 at 1024 caption tokens (~4 min),
-# style adapter fit (~1 min) + predict 176 (~1 min). Re-running resumes every finished image.
+# style adapter fit (~1 min) + predict 176 (~1 min), world style adapter fit (~5 min, 300 steps) +
+# predict 160 (~1 min). Re-running resumes every finished image.
 set -euo pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -62,9 +63,13 @@ done
 timed "refiner_style_adapter fit" python -m llm_dit.cli fit --config "$ROOT/configs/refiner_style_adapter.yaml" \
     --model.weights "$WEIGHTS" --trainer.accelerator cpu --trainer.enable_progress_bar false
 predict refiner_style_adapter_predict
+# Issue 18's style adapter on the world: striped fills learned by the refiner adapter (world_fill_striped).
+timed "world_style_adapter fit" env OMP_NUM_THREADS=1 python -m llm_dit.cli fit --config "$ROOT/configs/world_style_adapter.yaml" \
+    --model.weights "$WEIGHTS" --trainer.accelerator cpu --trainer.enable_progress_bar false
+predict world_style_adapter_predict
 
 RUNS=()
-for study in "${STUDIES[@]}" refiner_style_adapter_predict; do
+for study in "${STUDIES[@]}" refiner_style_adapter_predict world_style_adapter_predict; do
     RUNS+=("lightning_logs/$study")
 done
 timed findings python -m llm_dit.report.findings "${RUNS[@]}" --out findings.md

@@ -99,6 +99,13 @@ def run_trainer_cli(args: list[str]) -> StudyCLI:
     )
 
 
+def adapter_predict_config(run: str) -> str:
+    """The shipped study that uses the adapter of fit run `run`: `configs/<run>_predict.yaml` when
+    there is one (world_style_adapter -> world_style_adapter_predict.yaml), else the refiner's."""
+    candidate = f"configs/{run}_predict.yaml"
+    return candidate if (Path(__file__).resolve().parents[1] / candidate).is_file() else ADAPTER_PREDICT_CONFIG
+
+
 def adapter_message(folder: str | os.PathLike) -> str:
     """Where `fit` wrote the adapter and how a study uses it.
 
@@ -108,9 +115,10 @@ def adapter_message(folder: str | os.PathLike) -> str:
     folder = Path(folder).resolve()
     root = folder.parents[2]  # <root>/lightning_logs/<run>/adapter
     shown = os.path.relpath(folder) if root == Path.cwd().resolve() else str(folder)
-    config = Path(__file__).resolve().parents[1] / ADAPTER_PREDICT_CONFIG
+    relative = adapter_predict_config(folder.parent.name)
+    config = Path(__file__).resolve().parents[1] / relative
     here = root == Path.cwd().resolve()
-    command = f"{PROG} predict --config {ADAPTER_PREDICT_CONFIG if here and Path(ADAPTER_PREDICT_CONFIG).is_file() else config}"
+    command = f"{PROG} predict --config {relative if here and Path(relative).is_file() else config}"
     run_from = "" if here else f"cd {root} && "
     return "\n".join([
         f"adapter written to {shown}/ (adapter.safetensors + adapter.json)",

@@ -276,6 +276,12 @@ def test_adapter_predict_config_reads_what_fit_writes(monkeypatch, tmp_path, cap
     monkeypatch.chdir(tmp_path)
     StudyCLI.after_fit(fitted)
     assert f"cd {ROOT} && python -m llm_dit.cli predict --config {ADAPTER_CONFIG}" in capsys.readouterr().out
+    # A fit run with its own shipped study (the world's style adapter) is pointed at that study.
+    monkeypatch.chdir(ROOT)
+    world = SimpleNamespace(model=SimpleNamespace(exported_adapter=ROOT / f"lightning_logs/world_style_adapter/{ADAPTER_FOLDER}"),
+                            trainer=SimpleNamespace(is_global_zero=True))
+    StudyCLI.after_fit(world)
+    assert "predict --config configs/world_style_adapter_predict.yaml" in capsys.readouterr().out
 
 
 def test_adapter_predict_config_runs(adapter_folder, monkeypatch):
