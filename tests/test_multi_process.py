@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -30,14 +31,24 @@ def study() -> Study:
 
 
 class CrashOnRank(Callback):
-    """Kills one rank's process (no clean shutdown) after it finished `batches` batches."""
+    """Kills one rank's process (no clean shutdown) after it finished `batches` batches.
 
-    def __init__(self, rank: int, batches: int) -> None:
-        self.rank, self.batches, self.seen = rank, batches, 0
+    With `wait_for_images`, it first waits (up to a minute) until some other rank has written an
+    image there: the launcher tears every rank down when one dies, and on a slow machine the other
+    rank could otherwise be stopped before its first batch, leaving nothing to resume from.
+    """
+
+    def __init__(self, rank: int, batches: int, wait_for_images: Path | None = None) -> None:
+        self.rank, self.batches, self.seen, self.wait_for_images = rank, batches, 0, wait_for_images
 
     def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
         self.seen += 1
         if trainer.global_rank == self.rank and self.seen == self.batches:
+            deadline = time.monotonic() + 60
+            while self.wait_for_images is not None and time.monotonic() < deadline:
+                if any(self.wait_for_images.glob("*/*.png")):
+                    break
+                time.sleep(0.1)
             os._exit(1)
 
 
@@ -78,7 +89,8 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 
 def test_killed_rank_resumes_without_repeating(tmp_path):
     with pytest.raises(Exception):
-        predict(tmp_path, devices=2, batch_size=2, callbacks=[CrashOnRank(rank=1, batches=1)])
+        predict(tmp_path, devices=2, batch_size=2,
+                callbacks=[CrashOnRank(rank=1, batches=1, wait_for_images=tmp_path / "lightning_logs" / "ddp" / "images")])
     run = tmp_path / "lightning_logs" / "ddp"
     before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.glob("images/*/*.png")}
     assert 0 < len(before) < len(study().items())
