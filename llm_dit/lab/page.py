@@ -131,7 +131,9 @@ async function generateAll() {
   const status = document.getElementById("status");
   status.textContent = "generating…";
   const columns = [...document.querySelectorAll(".condition-column")];
-  await Promise.all(columns.map(column => generateColumn(column, prompt, seed, group)));  // the server queues them
+  // One after another, left to right: the one model runs them in turn anyway, and the history then
+  // keeps a comparison in column order (requests sent together reached the queue in any order).
+  for (const column of columns) await generateColumn(column, prompt, seed, group);
   status.textContent = "done";
   await loadHistory();
 }
