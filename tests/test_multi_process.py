@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.writer import StudyWriter, read_rows
+from llm_dit.results.table import all_rows
 from llm_dit.data import StudyDataModule
 from llm_dit.module import ZImageModule
 from llm_dit.study import Study
@@ -33,20 +34,21 @@ def study() -> Study:
 class CrashOnRank(Callback):
     """Kills one rank's process (no clean shutdown) after it finished `batches` batches.
 
-    With `wait_for_images`, it first waits (up to a minute) until some other rank has written an
-    image there: the launcher tears every rank down when one dies, and on a slow machine the other
-    rank could otherwise be stopped before its first batch, leaving nothing to resume from.
+    With `wait_for_rows` (a run folder), it first waits (up to a minute) until another rank has
+    written a results row there: the launcher tears every rank down when one dies, and on a slow
+    machine the other rank could otherwise be stopped before finishing a batch, leaving nothing to
+    resume from.
     """
 
-    def __init__(self, rank: int, batches: int, wait_for_images: Path | None = None) -> None:
-        self.rank, self.batches, self.seen, self.wait_for_images = rank, batches, 0, wait_for_images
+    def __init__(self, rank: int, batches: int, wait_for_rows: Path | None = None) -> None:
+        self.rank, self.batches, self.seen, self.wait_for_rows = rank, batches, 0, wait_for_rows
 
     def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
         self.seen += 1
         if trainer.global_rank == self.rank and self.seen == self.batches:
             deadline = time.monotonic() + 60
-            while self.wait_for_images is not None and time.monotonic() < deadline:
-                if any(self.wait_for_images.glob("*/*.png")):
+            while self.wait_for_rows is not None and time.monotonic() < deadline:
+                if any(shard.stat().st_size for shard in self.wait_for_rows.glob("results.rank*.jsonl")):
                     break
                 time.sleep(0.1)
             os._exit(1)
@@ -90,9 +92,10 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
 def test_killed_rank_resumes_without_repeating(tmp_path):
     with pytest.raises(Exception):
         predict(tmp_path, devices=2, batch_size=2,
-                callbacks=[CrashOnRank(rank=1, batches=1, wait_for_images=tmp_path / "lightning_logs" / "ddp" / "images")])
+                callbacks=[CrashOnRank(rank=1, batches=1, wait_for_rows=tmp_path / "lightning_logs" / "ddp")])
     run = tmp_path / "lightning_logs" / "ddp"
-    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.glob("images/*/*.png")}
+    # Finished items: a row in a table (a PNG without its row is a torn item, made again on resume).
+    before = {Path(row["image"]): (run / row["image"]).stat().st_mtime_ns for row in all_rows(run).values()}
     assert 0 < len(before) < len(study().items())
     predict(tmp_path, devices=2, batch_size=2)
     rows = read_rows(run / "results.jsonl")
