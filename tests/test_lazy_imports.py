@@ -53,8 +53,9 @@ def test_dispatch_loads_no_heavy_package(code: str) -> None:
 
 
 def test_probe_sees_an_eager_import() -> None:
-    """The oracle for the checks above: a module that does import Lightning is seen doing so."""
-    assert "lightning" in loaded_after("import llm_dit.trainer_cli")
+    """The oracle for the checks above: an import of a listed package is seen (the lightest of them,
+    safetensors, so the oracle costs no Lightning start-up)."""
+    assert loaded_after("import safetensors") == ["safetensors"]
 
 
 FACADES = ("llm_dit", "llm_dit.encoding")  # packages whose __init__ exports names lazily
