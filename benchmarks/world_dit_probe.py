@@ -62,8 +62,8 @@ def probe(data, lr: float, steps: int, batch: int = 256, dropout: float = 0.1, b
     model = stage.transformer
     model.rope_embedder(torch.zeros(1, 3, dtype=torch.long, device=DEVICE))
     forward = torch.compile(batched_forward, dynamic=False) if DEVICE == "cuda" else batched_forward
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, beta2),
-                                  weight_decay=weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
     losses, norms, start = [], [], time.perf_counter()
     for step in range(steps):
         index = torch.randint(0, len(latents), (batch,), device=DEVICE)
@@ -77,7 +77,7 @@ def probe(data, lr: float, steps: int, batch: int = 256, dropout: float = 0.1, b
         loss = F.mse_loss(prediction.float(), velocity_target(x0, noise).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norms.append(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip))
+        norms.append(torch.nn.utils.clip_grad_norm_(trainable, clip))
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
         optimizer.step()

@@ -114,8 +114,7 @@ class SceneScoreCallback(ItemMetricCallback):
                 out[f"world_{name}"].append(value)
             for style in self.fills:
                 out[f"world_fill_{style}"].append(fill_share(result.detections.objects, style))
-            if text not in self._chance:
-                self._chance[text] = {f"world_{k}": v for k, v in chance_level(text).items()}
+            self._chance[text] = self._chance_of(text)
         return out
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -133,11 +132,12 @@ class SceneScoreCallback(ItemMetricCallback):
         column = "original_prompt" if self.prompt == "original" else "prompt"
         texts = [row[column] for row in rows if isinstance(row.get(column), str)]
         if texts:  # rows from the writer's table carry the prompt; local-only rows do not
-            self._chance = {
-                text: self._chance.get(text) or {f"world_{k}": v for k, v in chance_level(text).items()}
-                for text in dict.fromkeys(texts)
-            }
+            self._chance = {text: self._chance_of(text) for text in dict.fromkeys(texts)}
         return super().table_summary(rows)
+
+    def _chance_of(self, text: str) -> dict[str, float | None]:
+        """Chance levels of one prompt's facts, as metric names (computed once per prompt)."""
+        return self._chance.get(text) or {f"world_{k}": v for k, v in chance_level(text).items()}
 
     def chance(self, metric: str) -> float | None:
         """Chance level of ``metric`` over the run's prompts (mean over prompts that state such facts)."""

@@ -24,7 +24,6 @@ import torch
 from transformers import Qwen3Model
 
 from llm_dit.models.tiny import load_bundled_tokenizer
-
 from llm_dit.world import vocabulary as v
 from llm_dit.world_model.data import build_world, chat_lm_text
 
