@@ -107,3 +107,58 @@ def test_answer_weight_weighs_the_tokens_after_the_last_marker():
     expected = (per_token * weights).sum() / weights.sum()
     assert torch.allclose(weighted.loss(ids), expected, atol=1e-6)
     assert torch.allclose(plain.loss(ids), per_token.sum() / (ids[:, 1:] != pad).sum(), atol=1e-6)
+
+
+def test_untied_stage_predicts_with_its_own_head_and_padding_columns_change_nothing():
+    from torch.nn import functional as F
+
+    from llm_dit.world_model.stages import EncoderStage
+
+    torch.manual_seed(0)
+    pad = 0
+    ids = torch.tensor([[3, 7, 4, 5, 7, 6], [3, 4, 7, 5, 0, 0]])
+    stage = EncoderStage(SETTINGS, vocab_size=16, pad_token_id=pad, vocabulary=torch.arange(1, 16), tied_embeddings=False)
+    assert stage.lm.lm_head.weight.data_ptr() != stage.lm.model.embed_tokens.weight.data_ptr()
+    # Oracle: the cross-entropy of the separate head's logits, over real tokens only.
+    hidden = stage.lm.model(input_ids=ids, attention_mask=(ids != pad).long()).last_hidden_state[:, :-1]
+    logits = hidden @ stage.lm.lm_head.weight[stage.vocabulary].T
+    targets = stage.position_in_vocabulary[ids[:, 1:]].masked_fill(ids[:, 1:] == pad, -100)
+    expected = F.cross_entropy(logits.reshape(-1, 15), targets.reshape(-1), ignore_index=-100)
+    assert torch.allclose(stage.loss(ids), expected, atol=1e-6)
+    padded = torch.cat([ids, torch.full((2, 5), pad)], dim=1)  # whole columns of padding are cut, not computed
+    assert torch.allclose(stage.loss(padded), expected, atol=1e-6)
+    tied = EncoderStage(SETTINGS, vocab_size=16, pad_token_id=pad, vocabulary=torch.arange(1, 16))
+    assert tied.lm.lm_head.weight.data_ptr() == tied.lm.model.embed_tokens.weight.data_ptr()
+
+
+def test_swapped_attribute_pairs_change_the_first_word_of_the_kind_to_another_class():
+    import numpy as np
+
+    from llm_dit.world_model.encoder_probe import swapped_attribute_pairs
+
+    words = {"size": {"big": [10, 11], "small": [12]}, "background": {"white": [20], "black": [21], "grey": [22]}}
+    prompts = [torch.tensor([1, 11, 5, 12, 20]), torch.tensor([1, 5, 6])]
+    pairs = swapped_attribute_pairs(prompts, words, np.random.default_rng(0))
+    assert len(pairs["size"]) == 1 and len(pairs["background"]) == 1  # the second prompt has neither kind
+    original, swapped = pairs["size"][0]
+    assert torch.equal(original, prompts[0])
+    assert swapped.tolist() == [1, 12, 5, 12, 20]  # only the first size word ("big" -> the one "small" token)
+    original, swapped = pairs["background"][0]
+    assert swapped[:4].tolist() == [1, 11, 5, 12] and int(swapped[4]) in (21, 22)
+
+
+def test_feature_separation_is_zero_for_an_attribute_whose_words_share_one_embedding():
+    from transformers import Qwen3Config, Qwen3Model
+
+    from llm_dit.world_model.encoder_probe import feature_separation, single_token_words
+
+    tokenizer = load_bundled_tokenizer()
+    torch.manual_seed(0)
+    encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                     num_attention_heads=2, num_key_value_heads=1, head_dim=8)).eval()
+    size_tokens = [t for tokens in single_token_words(tokenizer)["size"].values() for t in tokens]
+    with torch.no_grad():
+        encoder.embed_tokens.weight[size_tokens] = encoder.embed_tokens.weight[size_tokens[0]].clone()
+    separation = feature_separation(encoder, tokenizer, scenes=12)
+    assert separation["size"] == 0.0  # the DiT could not tell "big" from "small": the third run's failure
+    assert separation["colour"] > 0.01 and separation["background"] > 0.01

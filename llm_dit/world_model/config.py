@@ -100,6 +100,8 @@ class WorldTrainingConfig:
         ema_decay: DiT stage: decay of the exponential moving average of the weights (what ships).
         encoder_answer_weight: encoder stage: loss weight of the assistant answer's tokens (the copy of
             the user's scene; 1 weighs every token alike).
+        encoder_tied_embeddings: encoder stage: the language model's output head is its input embedding
+            (Qwen3-4B's choice); False trains a separate head, dropped at export.
         dit_frozen_timestep_embedder: DiT stage: keep the timestep embedder at its random start.
         dit_init: DiT stage: "adaln_zero" starts every block as the identity and the output at zero
             (DiT's recipe); "diffusers" keeps the class's random start.
@@ -117,5 +119,6 @@ class WorldTrainingConfig:
     dit_init: Literal["diffusers", "adaln_zero"] = "diffusers"
     dit_frozen_timestep_embedder: bool = True
     encoder_answer_weight: float = 1.0
+    encoder_tied_embeddings: bool = True
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

@@ -73,18 +73,23 @@ def psnr(mse: torch.Tensor) -> torch.Tensor:
 
 
 class EncoderStage(_Stage):
-    """Qwen3 (tied input/output embeddings) as a language model on chat transcripts.
+    """Qwen3 as a language model on chat transcripts.
 
     The softmax runs over the tokens the world's transcripts use (`vocabulary`, a few
     hundred of Qwen3's 151,669): a full-vocabulary softmax would spend nearly all its
     work pushing down tokens that never occur, and its logits alone would not fit a
     batch of 256 transcripts in memory. Rows of unused tokens are never trained.
+
+    `tied_embeddings=False` trains a separate output head (Qwen3Model, what ships, has none
+    either way): with tied rows, words the user turn draws at random ("white" / "black"
+    background) get the same softmax gradient and drift together (benchmarks/NOTES.md).
     """
 
     def __init__(self, settings: StageSettings, vocab_size: int, pad_token_id: int, vocabulary: torch.Tensor,
-                 answer_start_token_id: int | None = None, answer_weight: float = 1.0) -> None:
+                 answer_start_token_id: int | None = None, answer_weight: float = 1.0,
+                 tied_embeddings: bool = True) -> None:
         super().__init__(settings)
-        self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **ENCODER_CONFIG))
+        self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **{**ENCODER_CONFIG, "tie_word_embeddings": tied_embeddings}))
         self.pad_token_id = pad_token_id
         # Tokens of the assistant's answer (after the last `answer_start_token_id`) weigh `answer_weight`:
         # restating the user's scene is the copy that makes the features carry every attribute.
@@ -97,8 +102,12 @@ class EncoderStage(_Stage):
     def loss(self, ids: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) over the real tokens of right-padded `ids`."""
         mask = ids != self.pad_token_id
+        # Right padding: columns past the batch's longest transcript are all padding (and a causal
+        # model's real rows do not see later columns), so they are cut instead of computed.
+        width = int(mask.sum(1).max())
+        ids, mask = ids[:, :width], mask[:, :width]
         hidden = self.lm.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state[:, :-1]
-        logits = (hidden @ self.lm.model.embed_tokens.weight[self.vocabulary].T).float()
+        logits = (hidden @ self.lm.get_output_embeddings().weight[self.vocabulary].T).float()
         targets = self.position_in_vocabulary[ids[:, 1:]].masked_fill(~mask[:, 1:], -100)
         if self.answer_weight == 1.0 or self.answer_start_token_id is None:
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

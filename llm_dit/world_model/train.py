@@ -25,12 +25,13 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, ZImageTransformer2DModel
 from jsonargparse import CLI
+from safetensors.torch import save_file
 from transformers import Qwen3Model
 
 from llm_dit.models.tiny import load_bundled_tokenizer
 from llm_dit.world_model.config import IMAGE_SIZE, WorldTrainingConfig
 from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text, images_to_tensor
-from llm_dit.world_model.encoder_probe import probe_encoder
+from llm_dit.world_model.encoder_probe import feature_separation, probe_encoder
 from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features
 
 Stage = Literal["vae", "encoder", "dit"]
@@ -165,7 +166,7 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     vocabulary = torch.unique(torch.cat([ids.flatten(), torch.tensor(tokenizer.all_special_ids)]))
     module = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
                           answer_start_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-                          answer_weight=recipe.encoder_answer_weight)
+                          answer_weight=recipe.encoder_answer_weight, tied_embeddings=recipe.encoder_tied_embeddings)
     data = _DeviceData({"ids": ids}, lambda t, i: t["ids"][i])
     steps = _fit(module, data, TensorBatches(len(ids), recipe.encoder.batch_size, recipe.seed), output_dir / "encoder", recipe.encoder.max_steps, max_minutes)
     export = output_dir / "export" / "text_encoder"
@@ -181,15 +182,23 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     held_ids, _ = _tokenize([chat_lm_text(s.scene, s.captions[0], rng) for s in heldout], tokenizer, max_tokens=256)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Perplexity over the same token set (held-out tokens outside it are rare; they count as unseen).
-    evaluator = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary)
+    evaluator = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
+                             tied_embeddings=recipe.encoder_tied_embeddings)
     evaluator.lm.model = Qwen3Model.from_pretrained(export, torch_dtype=torch.float32)
+    head = None
+    if not recipe.encoder_tied_embeddings:  # the head does not ship; kept beside the checkpoints for the copy test
+        head = module.lm.lm_head.weight.detach().float().cpu()
+        save_file({"weight": head.to(torch.bfloat16).contiguous()}, output_dir / "encoder" / "lm_head.safetensors")
+        head = head.to(torch.bfloat16).float()  # as exported: the copy test sees what a reload sees
+        evaluator.lm.lm_head.weight.data.copy_(head)
     evaluator.to(device).eval()
     with torch.no_grad():
         losses = [evaluator.loss(held_ids[s:s + 512].to(device)) for s in range(0, len(held_ids), 512)]
     loss = float(torch.stack(losses).mean())
-    copy = probe_encoder(evaluator.lm.model, tokenizer, scenes=300, seed=recipe.seed, vocabulary=vocabulary)
+    copy = probe_encoder(evaluator.lm.model, tokenizer, scenes=300, seed=recipe.seed, vocabulary=vocabulary, output_head=head)
     _log(output_dir, {"stage": "encoder", "steps": steps, "heldout_loss": loss, "heldout_perplexity": float(np.exp(loss)),
-                      "attribute_copy_accuracy": {kind: round(r["accuracy"], 4) for kind, r in copy.items()}})
+                      "attribute_copy_accuracy": {kind: round(r["accuracy"], 4) for kind, r in copy.items()},
+                      "feature_separation": feature_separation(evaluator.lm.model, tokenizer, seed=recipe.seed)})
 
 
 def caption_features(encoder: Qwen3Model, tokenizer, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
