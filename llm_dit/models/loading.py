@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from llm_dit.models.components import ZImageComponents
 from llm_dit.models.config import (
+    EMBEDDED_ROOT,
     RANDOM_Z_IMAGE_TURBO,
     TINY,
     TINY_RANDOM,
@@ -297,7 +298,8 @@ def _load_tokenizer(source: str, local: bool) -> Any:
     from transformers import AutoTokenizer
 
     if local and not (Path(source) / "tokenizer").is_dir():
-        log.warning("%s has no tokenizer/ folder; using the bundled Qwen3 tokenizer", source)
+        if not Path(source).resolve().is_relative_to(EMBEDDED_ROOT):  # the embedded model ships none on purpose
+            log.warning("%s has no tokenizer/ folder; using the bundled Qwen3 tokenizer", source)
         return load_bundled_tokenizer()
     return AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
 
