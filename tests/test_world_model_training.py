@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import lightning as L
+import pytest
 import torch
 
 from llm_dit.models.tiny import load_bundled_tokenizer
@@ -162,3 +163,42 @@ def test_feature_separation_is_zero_for_an_attribute_whose_words_share_one_embed
     separation = feature_separation(encoder, tokenizer, scenes=12)
     assert separation["size"] == 0.0  # the DiT could not tell "big" from "small": the third run's failure
     assert separation["colour"] > 0.01 and separation["background"] > 0.01
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_exported_encoder_scores_as_the_trained_language_model(tmp_path, tied):
+    """The held-out perplexity is computed on the export again: with tied embeddings its own input
+    embedding must be the head (a replaced model once left the evaluator's random head in place)."""
+    from llm_dit.world_model.stages import EncoderStage
+    from llm_dit.world_model.train import exported_language_model
+
+    tokenizer = load_bundled_tokenizer()
+    torch.manual_seed(0)
+    vocabulary = torch.arange(100, 400)
+    stage = EncoderStage(SETTINGS, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
+                         tied_embeddings=tied)
+    with torch.no_grad():  # a trained model's rows are far from its random start
+        stage.lm.model.embed_tokens.weight[vocabulary] *= 40
+    stage.lm.model.save_pretrained(tmp_path / "text_encoder")
+    head = None if tied else stage.lm.lm_head.weight.detach().clone()
+    again = exported_language_model(tmp_path / "text_encoder", SETTINGS, tokenizer, vocabulary, head)
+    ids = torch.randint(100, 400, (3, 12))
+    with torch.no_grad():
+        assert torch.allclose(again.loss(ids), stage.loss(ids), atol=1e-5)
+
+
+def test_frozen_embeddings_stay_at_their_start_while_the_layers_and_head_train():
+    from llm_dit.world_model.stages import EncoderStage
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="untied"):
+        EncoderStage(SETTINGS, vocab_size=16, pad_token_id=0, vocabulary=torch.arange(1, 16), frozen_embeddings=True)
+    stage = EncoderStage(SETTINGS, vocab_size=16, pad_token_id=0, vocabulary=torch.arange(1, 16),
+                         tied_embeddings=False, frozen_embeddings=True)
+    embedding = stage.lm.model.embed_tokens.weight.detach().clone()
+    head, layer = stage.lm.lm_head.weight.detach().clone(), stage.lm.model.layers[0].mlp.up_proj.weight.detach().clone()
+    optimizer = stage.configure_optimizers()["optimizer"]
+    stage.loss(torch.tensor([[3, 7, 4, 5, 7, 6]])).backward()
+    optimizer.step()
+    assert torch.equal(stage.lm.model.embed_tokens.weight, embedding)
+    assert not torch.equal(stage.lm.lm_head.weight, head) and not torch.equal(stage.lm.model.layers[0].mlp.up_proj.weight, layer)

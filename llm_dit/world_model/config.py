@@ -102,7 +102,12 @@ class WorldTrainingConfig:
             the user's scene; 1 weighs every token alike).
         encoder_tied_embeddings: encoder stage: the language model's output head is its input embedding
             (Qwen3-4B's choice); False trains a separate head, dropped at export.
+        encoder_frozen_embeddings: encoder stage: keep the input embedding at its random start (needs an
+            untied head); the layers learn to use it.
         dit_frozen_timestep_embedder: DiT stage: keep the timestep embedder at its random start.
+        dit_high_noise_fraction: DiT stage: share of each batch whose noise level is drawn uniformly from
+            [0.98, 1] (the first sampling step) instead of the shifted logit-normal, so global attributes
+            like the background are learned from the caption (0: Z-Image's sampling alone).
         dit_init: DiT stage: "adaln_zero" starts every block as the identity and the output at zero
             (DiT's recipe); "diffusers" keeps the class's random start.
         vae, encoder, dit: per-stage settings.
@@ -118,7 +123,9 @@ class WorldTrainingConfig:
     ema_decay: float = 0.999
     dit_init: Literal["diffusers", "adaln_zero"] = "diffusers"
     dit_frozen_timestep_embedder: bool = True
+    dit_high_noise_fraction: float = 0.0
     encoder_answer_weight: float = 1.0
     encoder_tied_embeddings: bool = True
+    encoder_frozen_embeddings: bool = False
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

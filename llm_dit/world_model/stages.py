@@ -83,13 +83,18 @@ class EncoderStage(_Stage):
     `tied_embeddings=False` trains a separate output head (Qwen3Model, what ships, has none
     either way): with tied rows, words the user turn draws at random ("white" / "black"
     background) get the same softmax gradient and drift together (benchmarks/NOTES.md).
+    `frozen_embeddings=True` keeps the input embedding at its random start (which separates every
+    word about equally) and trains the layers and the head around it.
     """
 
     def __init__(self, settings: StageSettings, vocab_size: int, pad_token_id: int, vocabulary: torch.Tensor,
                  answer_start_token_id: int | None = None, answer_weight: float = 1.0,
-                 tied_embeddings: bool = True) -> None:
+                 tied_embeddings: bool = True, frozen_embeddings: bool = False) -> None:
         super().__init__(settings)
+        if frozen_embeddings and tied_embeddings:
+            raise ValueError("frozen input embeddings need an untied output head (tied_embeddings=False)")
         self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **{**ENCODER_CONFIG, "tie_word_embeddings": tied_embeddings}))
+        self.lm.model.embed_tokens.weight.requires_grad_(not frozen_embeddings)
         self.pad_token_id = pad_token_id
         # Tokens of the assistant's answer (after the last `answer_start_token_id`) weigh `answer_weight`:
         # restating the user's scene is the copy that makes the features carry every attribute.
@@ -154,8 +159,16 @@ class DitStage(_Stage):
 
     def __init__(self, settings: StageSettings, shift: float = 3.0, compile: bool = True, ema_decay: float = 0.999,
                  static_caption_width: bool = True, init: DitInit = "diffusers",
-                 frozen_timestep_embedder: bool = False) -> None:
+                 frozen_timestep_embedder: bool = False, high_noise_fraction: float = 0.0,
+                 high_noise_floor: float = 0.98) -> None:
         super().__init__(settings)
+        if not 0.0 <= high_noise_fraction <= 1.0 or not 0.0 < high_noise_floor < 1.0:
+            raise ValueError("high_noise_fraction must be in [0, 1] and high_noise_floor in (0, 1)")
+        # Shifted logit-normal noise levels put 0.26 % of samples above sigma 0.98, yet below it the
+        # background (a constant over the whole latent) can be read off x_t itself, so the caption
+        # never had to say it (fourth session, benchmarks/NOTES.md). This fraction of each batch
+        # draws sigma uniformly from [high_noise_floor, 1] instead: where the first sampling step is.
+        self.high_noise_fraction, self.high_noise_floor = high_noise_fraction, high_noise_floor
         self.transformer = ZImageTransformer2DModel(**TRANSFORMER_CONFIG)
         # diffusers starts the learned pad tokens at zero; a trained model's are not.
         for parameter in (self.transformer.x_pad_token, self.transformer.cap_pad_token):
@@ -180,6 +193,15 @@ class DitStage(_Stage):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ema.update_parameters(self.transformer)
 
+    def sample_sigmas(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """Noise levels [B]: shifted logit-normal(0, 1), a `high_noise_fraction` of them uniform in [floor, 1]."""
+        sigma = shift_sigmas(torch.sigmoid(torch.randn(batch, device=device)), self.shift)
+        if self.high_noise_fraction > 0:
+            high = torch.rand(batch, device=device) < self.high_noise_fraction
+            band = self.high_noise_floor + (1 - self.high_noise_floor) * torch.rand(batch, device=device)
+            sigma = torch.where(high, band, sigma)
+        return sigma
+
     def configure_model(self) -> None:
         if self.compile and torch.cuda.is_available():
             self.forward_fn = torch.compile(batched_forward, dynamic=False)
@@ -190,8 +212,7 @@ class DitStage(_Stage):
         if rope.freqs_cis is None or rope.freqs_cis[0].device != x0.device:
             rope(torch.zeros(1, 3, dtype=torch.long, device=x0.device))  # its lazy set-up would break the compiled graph
         noise = torch.randn_like(x0)
-        s = torch.sigmoid(torch.randn(x0.shape[0], device=x0.device))  # logit-normal(0, 1)
-        sigma = shift_sigmas(s, self.shift)
+        sigma = self.sample_sigmas(x0.shape[0], x0.device)
         x_t = noisy_latents(x0, noise, sigma)
         width = batch["cap_feats"].shape[1] if self.static_caption_width else None
         prediction = self.forward_fn(self.transformer, x_t, 1 - sigma, batch["cap_feats"], batch["cap_lengths"],

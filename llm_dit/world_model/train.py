@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from transformers import Qwen3Model
 
 from llm_dit.models.tiny import load_bundled_tokenizer
-from llm_dit.world_model.config import IMAGE_SIZE, WorldTrainingConfig
+from llm_dit.world_model.config import IMAGE_SIZE, StageSettings, WorldTrainingConfig
 from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text, images_to_tensor
 from llm_dit.world_model.encoder_probe import feature_separation, probe_encoder
 from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features
@@ -166,7 +166,8 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     vocabulary = torch.unique(torch.cat([ids.flatten(), torch.tensor(tokenizer.all_special_ids)]))
     module = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
                           answer_start_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
-                          answer_weight=recipe.encoder_answer_weight, tied_embeddings=recipe.encoder_tied_embeddings)
+                          answer_weight=recipe.encoder_answer_weight, tied_embeddings=recipe.encoder_tied_embeddings,
+                          frozen_embeddings=recipe.encoder_frozen_embeddings)
     data = _DeviceData({"ids": ids}, lambda t, i: t["ids"][i])
     steps = _fit(module, data, TensorBatches(len(ids), recipe.encoder.batch_size, recipe.seed), output_dir / "encoder", recipe.encoder.max_steps, max_minutes)
     export = output_dir / "export" / "text_encoder"
@@ -182,15 +183,12 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     held_ids, _ = _tokenize([chat_lm_text(s.scene, s.captions[0], rng) for s in heldout], tokenizer, max_tokens=256)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Perplexity over the same token set (held-out tokens outside it are rare; they count as unseen).
-    evaluator = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
-                             tied_embeddings=recipe.encoder_tied_embeddings)
-    evaluator.lm.model = Qwen3Model.from_pretrained(export, torch_dtype=torch.float32)
     head = None
     if not recipe.encoder_tied_embeddings:  # the head does not ship; kept beside the checkpoints for the copy test
-        head = module.lm.lm_head.weight.detach().float().cpu()
-        save_file({"weight": head.to(torch.bfloat16).contiguous()}, output_dir / "encoder" / "lm_head.safetensors")
-        head = head.to(torch.bfloat16).float()  # as exported: the copy test sees what a reload sees
-        evaluator.lm.lm_head.weight.data.copy_(head)
+        head = module.lm.lm_head.weight.detach().float().cpu().to(torch.bfloat16)
+        save_file({"weight": head.contiguous()}, output_dir / "encoder" / "lm_head.safetensors")
+        head = head.float()  # as exported: the copy test sees what a reload sees
+    evaluator = exported_language_model(export, recipe.encoder, tokenizer, vocabulary, head)
     evaluator.to(device).eval()
     with torch.no_grad():
         losses = [evaluator.loss(held_ids[s:s + 512].to(device)) for s in range(0, len(held_ids), 512)]
@@ -199,6 +197,20 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     _log(output_dir, {"stage": "encoder", "steps": steps, "heldout_loss": loss, "heldout_perplexity": float(np.exp(loss)),
                       "attribute_copy_accuracy": {kind: round(r["accuracy"], 4) for kind, r in copy.items()},
                       "feature_separation": feature_separation(evaluator.lm.model, tokenizer, seed=recipe.seed)})
+
+
+def exported_language_model(export: Path, settings: StageSettings, tokenizer, vocabulary: torch.Tensor,
+                            head: torch.Tensor | None = None) -> EncoderStage:
+    """The exported encoder (float32) as the stage's language model again, for held-out numbers: its
+    own input embedding is the output head when `head` is None (tied), else `head` [vocab, hidden]."""
+    evaluator = EncoderStage(settings, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
+                             tied_embeddings=head is None)
+    evaluator.lm.model = Qwen3Model.from_pretrained(export, torch_dtype=torch.float32)
+    if head is None:  # the replaced model broke the tie: the head would still be the evaluator's random start
+        evaluator.lm.lm_head.weight = evaluator.lm.model.embed_tokens.weight
+    else:
+        evaluator.lm.lm_head.weight.data.copy_(head)
+    return evaluator
 
 
 def caption_features(encoder: Qwen3Model, tokenizer, captions: list[str], device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,7 +295,8 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
 
     data = _DeviceData(tensors, make_batch)
     module = DitStage(recipe.dit, compile=compile, ema_decay=recipe.ema_decay, static_caption_width=static_caption_width,
-                      init=recipe.dit_init, frozen_timestep_embedder=recipe.dit_frozen_timestep_embedder)
+                      init=recipe.dit_init, frozen_timestep_embedder=recipe.dit_frozen_timestep_embedder,
+                      high_noise_fraction=recipe.dit_high_noise_fraction)
     if init_from_export and (export / "transformer").is_dir() and not (output_dir / "dit" / "checkpoints" / "last.ckpt").is_file():
         # A piece on a fresh machine without the checkpoint: continue from the exported weights
         # (the optimizer state and the step count start again; the log says so).
