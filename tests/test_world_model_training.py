@@ -202,3 +202,22 @@ def test_frozen_embeddings_stay_at_their_start_while_the_layers_and_head_train()
     optimizer.step()
     assert torch.equal(stage.lm.model.embed_tokens.weight, embedding)
     assert not torch.equal(stage.lm.lm_head.weight, head) and not torch.equal(stage.lm.model.layers[0].mlp.up_proj.weight, layer)
+
+
+def test_high_noise_fraction_draws_that_share_of_sigmas_from_the_top_band():
+    from llm_dit.training.objective import shift_sigmas
+
+    plain = DitStage(SETTINGS, compile=False)
+    torch.manual_seed(3)
+    expected = shift_sigmas(torch.sigmoid(torch.randn(50_000)), 3.0)  # oracle: Z-Image's shifted logit-normal
+    torch.manual_seed(3)
+    assert torch.equal(plain.sample_sigmas(50_000, "cpu"), expected)
+    assert float((expected > 0.98).float().mean()) < 0.005  # why the band exists: almost no samples up there
+    banded = DitStage(SETTINGS, compile=False, high_noise_fraction=0.25)
+    sigma = banded.sample_sigmas(200_000, "cpu")
+    assert abs(float((sigma >= 0.98).float().mean()) - (0.25 + 0.75 * 0.0026)) < 0.01
+    assert float(sigma.max()) <= 1.0
+    every = DitStage(SETTINGS, compile=False, high_noise_fraction=1.0).sample_sigmas(1000, "cpu")
+    assert float(every.min()) >= 0.98
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        DitStage(SETTINGS, compile=False, high_noise_fraction=1.5)
