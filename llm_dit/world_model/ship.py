@@ -18,9 +18,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from llm_dit.models.config import EMBEDDED_ROOT, TINY
+from llm_dit.models.loading import load_diffusers_folder
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
+from llm_dit.world.score import score_image
+from llm_dit.world_model.evaluate import generate, heldout_prompts
 
 PARTS = {"transformer": "ZImageTransformer2DModel", "text_encoder": "Qwen3Model", "vae": "AutoencoderKL"}
 REFERENCE_PROMPTS = 8
@@ -37,10 +41,6 @@ def file_checksums(folder: Path) -> dict[str, str]:
 
 def reference_scores(folder: Path, prompts_per_kind: int = REFERENCE_PROMPTS) -> dict:
     """Per image: the prompt, its seed and whether every fact holds; CPU, float32, 8 steps, shift 3."""
-    from llm_dit.models.loading import load_diffusers_folder
-    from llm_dit.world.score import score_image
-    from llm_dit.world_model.evaluate import generate, heldout_prompts
-
     components = load_diffusers_folder(str(folder), dtype=torch.float32)
     images = []
     for kind in ("one_object", "colour_binding"):
@@ -55,8 +55,6 @@ def reference_scores(folder: Path, prompts_per_kind: int = REFERENCE_PROMPTS) ->
 
 def ship(export: Path, destination: Path = EMBEDDED_ROOT / TINY) -> dict:
     """Copy `export` (the training's diffusers-layout export) to `destination` and write its records."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     for part in PARTS:
         files = sorted((export / part).glob("*.json")) + sorted((export / part).glob("*.safetensors"))
         if not any(f.suffix == ".safetensors" for f in files):
