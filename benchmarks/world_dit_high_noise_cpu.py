@@ -3,8 +3,10 @@
     python benchmarks/world_dit_high_noise_cpu.py OUTPUT_DIR --steps 300 --fractions 0,0.1
 
 OUTPUT_DIR holds `export/` (the trained VAE, encoder and transformer to start from). Each arm
-fine-tunes the exported transformer for `--steps` steps from the same start, with the same batches
-and noise (seeded), differing only in the DiT stage's `high_noise_fraction`; then it reports how much
+fine-tunes the exported transformer for `--steps` steps from the same start, with the same batch
+indices and noise (their own seeded generator), differing in the DiT stage's `high_noise_fraction`
+(the noise levels and the caption-dropout draws come from torch's global generator, which the band's
+extra draws move, so those are not shared between arms); then it reports how much
 the velocity at sigma = 1 moves when one attribute word of a fixed prompt is swapped (the caption's
 pull on that attribute) and the held-out evaluation on `--eval` one-object prompts. Written in the
 fourth session, when the DiT ignored "white" / "black" although the encoder separated them
@@ -25,10 +27,10 @@ from torch.nn import functional as F
 from llm_dit.encoding.encoder import ZImageTextEncoder
 from llm_dit.models.loading import load_diffusers_folder
 from llm_dit.training.objective import noisy_latents, velocity_target
-from llm_dit.world.score import score_image, summary
+from llm_dit.world.score import summary
 from llm_dit.world_model.batched import batched_forward
 from llm_dit.world_model.config import StageSettings, WorldTrainingConfig
-from llm_dit.world_model.evaluate import generate, heldout_prompts
+from llm_dit.world_model.evaluate import heldout_scores
 from llm_dit.world_model.stages import DitStage
 from llm_dit.world_model.train import caption_batch, dit_tensors
 
@@ -53,10 +55,7 @@ def caption_pull(components) -> dict[str, float]:
 
 
 def evaluate_one_object(components, count: int) -> dict:
-    pairs = heldout_prompts("one_object", count)
-    prompts = [p for _, p in pairs]
-    scores = [score_image(image, p) for image, p in zip(generate(components, prompts, list(range(count))), prompts)]
-    facts = summary(scores)
+    facts = summary(heldout_scores(components, "one_object", count)[1])
     return {kind: facts[kind]["accuracy"] for kind in ("all_hold", "presence", "colour", "size", "style", "background")}
 
 

@@ -25,7 +25,7 @@ from llm_dit.sampling.euler import decode_latents, denoise, initial_noise, vae_s
 from llm_dit.sampling.schedule import make_scheduler
 from llm_dit.world.captions import caption
 from llm_dit.world.scene import Scene, sample_scene
-from llm_dit.world.score import score_image, summary
+from llm_dit.world.score import SceneScore, score_image, summary
 
 EVAL_SEED = 4242
 
@@ -72,13 +72,18 @@ def generate(components: ZImageComponents, prompts: list[str], seeds: list[int],
     return np.concatenate(images)
 
 
+def heldout_scores(components: ZImageComponents, kind: str, count: int, size: int = 64) -> tuple[list[str], list[SceneScore]]:
+    """The `count` held-out prompts of `kind`, each generated once (seed = its index) and scored."""
+    prompts = [p for _, p in heldout_prompts(kind, count)]
+    images = generate(components, prompts, list(range(count)), size)
+    return prompts, [score_image(image, prompt) for image, prompt in zip(images, prompts)]
+
+
 def evaluate(components: ZImageComponents, count: int = 200, size: int = 64) -> dict[str, dict[str, float]]:
     results = {}
     for kind in ("one_object", "colour_binding"):
-        pairs = heldout_prompts(kind, count)
         start = time.perf_counter()
-        images = generate(components, [p for _, p in pairs], list(range(count)), size)
-        scores = [score_image(image, prompt) for image, (_, prompt) in zip(images, pairs)]
+        _, scores = heldout_scores(components, kind, count, size)
         correct = sum(score.all_hold for score in scores)
         low, high = wilson(correct, count)
         results[kind] = {"accuracy": correct / count, "wilson_low": low, "wilson_high": high, "n": count,

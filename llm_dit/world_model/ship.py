@@ -23,8 +23,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from llm_dit.models.config import EMBEDDED_ROOT, TINY
 from llm_dit.models.loading import load_diffusers_folder
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
-from llm_dit.world.score import score_image
-from llm_dit.world_model.evaluate import generate, heldout_prompts
+from llm_dit.world_model.evaluate import heldout_scores
 
 PARTS = {"transformer": "ZImageTransformer2DModel", "text_encoder": "Qwen3Model", "vae": "AutoencoderKL"}
 REFERENCE_PROMPTS = 8
@@ -44,19 +43,17 @@ def reference_scores(folder: Path, prompts_per_kind: int = REFERENCE_PROMPTS) ->
     components = load_diffusers_folder(str(folder), dtype=torch.float32)
     images = []
     for kind in ("one_object", "colour_binding"):
-        prompts = [p for _, p in heldout_prompts(kind, prompts_per_kind)]
-        seeds = list(range(len(prompts)))
-        scores = [score_image(image, prompt) for image, prompt in zip(generate(components, prompts, seeds), prompts)]
-        images += [{"kind": kind, "prompt": p, "seed": s, "all_hold": bool(score.all_hold), "facts": score.fraction}
-                   for p, s, score in zip(prompts, seeds, scores)]
+        prompts, scores = heldout_scores(components, kind, prompts_per_kind)
+        images += [{"kind": kind, "prompt": p, "seed": seed, "all_hold": bool(score.all_hold), "facts": score.fraction}
+                   for seed, (p, score) in enumerate(zip(prompts, scores))]
     return {"sampler": {"steps": 8, "shift": 3.0, "guidance_scale": 0.0, "size": 64, "dtype": "float32", "device": "cpu"},
             "all_hold_mean": sum(i["all_hold"] for i in images) / len(images), "images": images}
 
 
 def ship(export: Path, destination: Path = EMBEDDED_ROOT / TINY) -> dict:
     """Copy `export` (the training's diffusers-layout export) to `destination` and write its records."""
-    for part in PARTS:
-        files = sorted((export / part).glob("*.json")) + sorted((export / part).glob("*.safetensors"))
+    files_of = {part: sorted((export / part).glob("*.json")) + sorted((export / part).glob("*.safetensors")) for part in PARTS}
+    for part, files in files_of.items():
         if not any(f.suffix == ".safetensors" for f in files):
             raise FileNotFoundError(f"{export / part} has no safetensors: train that stage first")
         too_big = [f.name for f in files if f.stat().st_size > MAX_FILE_BYTES]
@@ -64,9 +61,9 @@ def ship(export: Path, destination: Path = EMBEDDED_ROOT / TINY) -> dict:
             raise ValueError(f"{part}: {too_big} over 16 MiB; shard it (save_pretrained(max_shard_size=...))")
     if destination.exists():
         shutil.rmtree(destination)
-    for part in PARTS:
+    for part, files in files_of.items():
         (destination / part).mkdir(parents=True)
-        for f in sorted((export / part).glob("*.json")) + sorted((export / part).glob("*.safetensors")):
+        for f in files:
             shutil.copy2(f, destination / part / f.name)
     FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER_CONFIG).save_config(destination / "scheduler")
     index = {"_class_name": "ZImagePipeline", **{part: ["diffusers" if part != "text_encoder" else "transformers", cls]
