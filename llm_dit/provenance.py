@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-#: Weight presets whose tensors are random. ``tiny`` is random until the trained embedded
-#: model ships (then ``tiny`` is trained and the random one is ``tiny-random``): the one
-#: line to change then is this set.
-RANDOM_WEIGHTS: frozenset[str] = frozenset({"tiny", "tiny-random", "random-z-image-turbo"})
+#: Weight presets whose tensors are random. ``tiny`` is the trained embedded world model
+#: (``llm_dit/models/embedded/tiny/``); its random twin for unit tests is ``tiny-random``.
+RANDOM_WEIGHTS: frozenset[str] = frozenset({"tiny-random", "random-z-image-turbo"})
 
 RANDOM_WEIGHTS_NOTE = "random weights: images are noise; this run tests the pipeline, not the model"
 

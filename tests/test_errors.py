@@ -233,7 +233,7 @@ def test_adapter_for_a_wider_base_is_refused_from_its_header(no_model, tmp_path,
 
     wider = ZImageTransformer2DModel(**{**TINY_TRANSFORMER_CONFIG, "dim": 96, "n_heads": 3})
     path = export_adapter(wider, tmp_path / "wide")
-    code, lines = run_cli(["predict", "--config", str(BASELINE), *adapter_condition(path)], capsys)
+    code, lines = run_cli(["predict", "--config", str(BASELINE), "--model.weights", "tiny-random", *adapter_condition(path)], capsys)
     assert code == 2
     (line,) = [line for line in lines if line.startswith("error:")]
     assert path in line and "width 96" in line and "is 64" in line
@@ -266,7 +266,7 @@ def test_adapter_for_other_weights_of_the_same_size_stops_before_the_first_image
     monkeypatch.setattr("sys.argv", ["llm_dit.cli"])
     path = export_adapter(base_transformer, tmp_path / "adapter")
     args = ["predict", "--config", str(BASELINE), "--trainer.default_root_dir", str(tmp_path / "runs"),
-            "--model.load.tiny_seed", "1", STUDY + "sampler.steps", "1", *adapter_condition(path)]
+            "--model.weights", "tiny-random", "--model.load.tiny_seed", "1", STUDY + "sampler.steps", "1", *adapter_condition(path)]
     code, lines = run_cli(args, capsys)
     (line,) = [line for line in lines if line.startswith("error:")]
     assert code == 2 and "was made for base model" in line and path in line

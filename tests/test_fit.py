@@ -195,7 +195,7 @@ def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     write_synthetic_style(root / "data", count=8, size=32)
     cli = cli_main([
-        "fit", "--config", str(CONFIG), "--trainer.default_root_dir", str(root),
+        "fit", "--config", str(CONFIG), "--trainer.default_root_dir", str(root), "--model.weights", "tiny-random",
         "--trainer.enable_progress_bar", "false", "--trainer.max_steps", str(FIT_STEPS),
         "--trainer.val_check_interval", str(FIT_STEPS), "--trainer.num_sanity_val_steps", "0",
         "--model.fit.objective.fixed_noise_seed", "0", "--model.fit.adapter.learning_rate", "0.01",
@@ -296,7 +296,7 @@ def test_predict_uses_the_fitted_adapter_through_surgery(fitted, tmp_path):
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({
         "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-        "model": {"weights": "tiny"},
+        "model": {"weights": "tiny-random"},
         "data": {"class_path": "llm_dit.data.StudyDataModule", "init_args": {"batch_size": 2, "study": study}},
     }))
     cli = cli_main(["predict", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])

@@ -7,7 +7,8 @@ control, cluster bootstrap over prompts), and must come out with an interval tha
 
 (a) removing the nouns (prompt_transform remove_nouns) lowers object accuracy (world_presence);
 (b) shuffling the adjectives (shuffle_adjectives) lowers colour binding (world_colour);
-(c) 1 sampler step scores below 8 (world_all);
+(c) 1 sampler step scores below 8 (world_all): not on the shipped weights, where 1 step scores highest
+    (a strict xfail with the numbers: the control's premise does not hold in this world);
 (d) skipping every DiT block (surgery skip on ``layers``) drops world_all to chance.
 
 Images are scored against ``original_prompt``: the manipulated prompt is what the model read, the
@@ -143,6 +144,12 @@ def test_shuffling_the_adjectives_lowers_colour_binding(shipped_runs):
     assert_lowers(comparison(shipped_runs["positive_binding"], "world_colour", "shuffle_adjectives"))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "not on the shipped weights: in this world a caption fixes nearly the whole image, so one Euler step from "
+    "sigma 1 (the conditional mean) already draws it, and later steps only roughen fill textures. Measured on "
+    "200 train-split one-object prompts (CPU, shift 3): every fact holds in 0.89 at 1 step, 0.835 at 2, 0.77 at 4, "
+    "0.75 at 8, 0.74 at 16 (benchmarks/NOTES.md, fifth session). strict: a model on which 8 steps do win turns "
+    "this into a failure, so the mark goes when the effect appears"))
 def test_one_step_scores_below_eight(shipped_runs):
     assert_lowers(comparison(shipped_runs["positive_objects"], "world_all", "steps=1"))
 

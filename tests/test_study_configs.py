@@ -66,14 +66,14 @@ def adapter_paths(config: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def adapter_folder(tmp_path_factory) -> Path:
     """A folder holding what the fit configs (refiner_style_adapter, world_style_adapter) write: the adapter
-    (exported from a TrainableAdapter on the tiny model, perturbed as training would; no training)."""
+    (exported from a TrainableAdapter on the default `tiny` model, perturbed as training would; no training)."""
     import torch
 
-    from llm_dit.models import build_tiny_components
+    from llm_dit.models.loading import load_components
     from llm_dit.training import AdapterConfig, TrainableAdapter
 
     folder = tmp_path_factory.mktemp("fitted")
-    adapter = TrainableAdapter(build_tiny_components(seed=0).transformer, AdapterConfig(variant="lora", rank=8))
+    adapter = TrainableAdapter(load_components("tiny").transformer, AdapterConfig(variant="lora", rank=8))
     with torch.no_grad():
         for parameter in adapter.parameters():
             parameter.add_(0.2 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(0)))

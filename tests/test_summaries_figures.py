@@ -104,13 +104,14 @@ def test_quiet_drops_third_party_noise_and_keeps_useful_warnings(caplog):
 
 
 def test_random_weights_are_said_plainly(capsys):
-    assert weights_are_random("tiny") and weights_are_random("random-z-image-turbo") and weights_are_random("tiny-random")
+    assert weights_are_random("random-z-image-turbo") and weights_are_random("tiny-random")
+    assert not weights_are_random("tiny")  # the trained embedded world model
     assert not weights_are_random("/models/Z-Image-Turbo")
     assert RANDOM_WEIGHTS_NOTE == "random weights: images are noise; this run tests the pipeline, not the model"
     from callbacks.tensorboard_review import TensorBoardReview
 
     trainer = SimpleNamespace(is_global_zero=True)
-    TensorBoardReview().on_predict_start(trainer, SimpleNamespace(hparams=SimpleNamespace(weights="tiny"), device="cpu"))
+    TensorBoardReview().on_predict_start(trainer, SimpleNamespace(hparams=SimpleNamespace(weights="tiny-random"), device="cpu"))
     assert RANDOM_WEIGHTS_NOTE in capsys.readouterr().err
     TensorBoardReview().on_predict_start(trainer, SimpleNamespace(hparams=SimpleNamespace(weights="/models/zit"), device="cpu"))
     assert capsys.readouterr().err == ""

@@ -28,7 +28,7 @@ from llm_dit.cli import cli_main
 from llm_dit.provenance import RANDOM_WEIGHTS_NOTE
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "refiner_skip.yaml"
-STUDY = ["--data.init_args.max_prompts", "2", "--data.init_args.max_seeds", "2", "--data.init_args.batch_size", "2"]
+STUDY = ["--model.weights", "tiny-random", "--data.init_args.max_prompts", "2", "--data.init_args.max_seeds", "2", "--data.init_args.batch_size", "2"]
 TIMING = {"seconds_per_image", "peak_memory_mb"}
 
 

@@ -64,7 +64,7 @@ def ship(export: Path, destination: Path = EMBEDDED_ROOT / TINY) -> dict:
     for part, files in files_of.items():
         (destination / part).mkdir(parents=True)
         for f in files:
-            shutil.copy2(f, destination / part / f.name)
+            shutil.copyfile(f, destination / part / f.name)  # not the export's read-only modes
     FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER_CONFIG).save_config(destination / "scheduler")
     index = {"_class_name": "ZImagePipeline", **{part: ["diffusers" if part != "text_encoder" else "transformers", cls]
                                                   for part, cls in PARTS.items()},
