@@ -98,3 +98,5 @@ def test_heldout_prompts_hold_heldout_combinations():
             assert len(expected_facts(prompt).objects) == objects
         if kind == "colour_binding":
             assert all(a.colour != b.colour and a.shape != b.shape for a, b in (s.objects for s, _ in pairs))
+        trained = heldout_prompts(kind, 10, split="train")  # the memorisation-vs-composition contrast
+        assert all(not scene.held_out and len(scene.objects) == objects for scene, _ in trained)

@@ -1,6 +1,11 @@
 """Score a world model the way issue 18 states its bar: held-out combinations, 8 steps, shift 3.
 
     python -m llm_dit.world_model.evaluate lightning_logs/world_model/export --count 200
+    python -m llm_dit.world_model.evaluate llm_dit/models/embedded/tiny --split train --steps 1
+
+`--split train` scores the same kinds of prompt on combinations the model was trained on, so the
+gap between the two splits says whether it composes attributes or memorises pairs; `--steps`
+changes the sampler's step count (the bar is at 8).
 
 Generates images through the toolkit's own path (ZImageTextEncoder, the Euler loop,
 VAE decode) for scenes of the held-out split, captioned in the `plain` form, and scores
@@ -30,13 +35,14 @@ from llm_dit.world.score import SceneScore, score_image, summary
 EVAL_SEED = 4242
 
 
-def heldout_prompts(kind: str, count: int, seed: int = EVAL_SEED) -> list[tuple[Scene, str]]:
+def heldout_prompts(kind: str, count: int, seed: int = EVAL_SEED, split: str = "heldout") -> list[tuple[Scene, str]]:
     """`one_object`: one held-out object; `colour_binding`: two objects of different colours and
-    shapes, at least one a held-out combination. Plain-form captions (every attribute stated)."""
+    shapes, at least one a held-out combination. Plain-form captions (every attribute stated).
+    `split="train"`: the same kinds of scene, with only trained combinations."""
     rng = np.random.default_rng([seed, 0 if kind == "one_object" else 1])
     pairs = []
     while len(pairs) < count:
-        scene = sample_scene(rng, split="heldout", n_objects=1 if kind == "one_object" else 2)
+        scene = sample_scene(rng, split=split, n_objects=1 if kind == "one_object" else 2)
         if kind == "colour_binding":
             a, b = scene.objects
             if a.colour == b.colour or a.shape == b.shape:
@@ -72,18 +78,20 @@ def generate(components: ZImageComponents, prompts: list[str], seeds: list[int],
     return np.concatenate(images)
 
 
-def heldout_scores(components: ZImageComponents, kind: str, count: int, size: int = 64) -> tuple[list[str], list[SceneScore]]:
-    """The `count` held-out prompts of `kind`, each generated once (seed = its index) and scored."""
-    prompts = [p for _, p in heldout_prompts(kind, count)]
-    images = generate(components, prompts, list(range(count)), size)
+def heldout_scores(components: ZImageComponents, kind: str, count: int, size: int = 64, split: str = "heldout",
+                   steps: int = 8) -> tuple[list[str], list[SceneScore]]:
+    """The `count` prompts of `kind` (held-out split unless told), each generated once (seed = its index) and scored."""
+    prompts = [p for _, p in heldout_prompts(kind, count, split=split)]
+    images = generate(components, prompts, list(range(count)), size, steps)
     return prompts, [score_image(image, prompt) for image, prompt in zip(images, prompts)]
 
 
-def evaluate(components: ZImageComponents, count: int = 200, size: int = 64) -> dict[str, dict[str, float]]:
+def evaluate(components: ZImageComponents, count: int = 200, size: int = 64, split: str = "heldout",
+             steps: int = 8) -> dict[str, dict[str, float]]:
     results = {}
     for kind in ("one_object", "colour_binding"):
         start = time.perf_counter()
-        _, scores = heldout_scores(components, kind, count, size)
+        _, scores = heldout_scores(components, kind, count, size, split, steps)
         correct = sum(score.all_hold for score in scores)
         low, high = wilson(correct, count)
         results[kind] = {"accuracy": correct / count, "wilson_low": low, "wilson_high": high, "n": count,
@@ -96,12 +104,15 @@ def main() -> None:
     parser.add_argument("weights", help="a diffusers-format folder (the training export or the embedded model)")
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--split", choices=("heldout", "train"), default="heldout",
+                        help="held-out combinations (the bar) or trained ones (memorisation vs composition)")
+    parser.add_argument("--steps", type=int, default=8, help="sampler steps (the bar: 8)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     components = load_diffusers_folder(args.weights, dtype=torch.float32)
     for module in components.modules().values():
         module.to(args.device)
-    print(json.dumps(evaluate(components, args.count, args.size), indent=2))
+    print(json.dumps(evaluate(components, args.count, args.size, args.split, args.steps), indent=2))
 
 
 if __name__ == "__main__":
