@@ -307,7 +307,8 @@ def train_dit(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: float,
     steps = _fit(module, data, TensorBatches(len(tensors["latents"]), recipe.dit.batch_size, recipe.seed), output_dir / "dit", recipe.dit.max_steps, max_minutes)
     transformer = module.ema.module.float()  # the moving average is what ships
     transformer.to(torch.bfloat16).save_pretrained(export / "transformer")
-    _log(output_dir, {"stage": "dit", "steps": steps, "final_loss": float(module.trainer.callback_metrics.get("dit/loss", float("nan")))})
+    loss = module.trainer.callback_metrics.get("dit/loss")  # absent when the piece resumed at max_steps
+    _log(output_dir, {"stage": "dit", "steps": steps, "final_loss": None if loss is None else float(loss)})
 
 
 def main(recipe: WorldTrainingConfig, stage: Stage, output_dir: str = "lightning_logs/world_model",
