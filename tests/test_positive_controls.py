@@ -146,10 +146,11 @@ def test_shuffling_the_adjectives_lowers_colour_binding(shipped_runs):
 
 @pytest.mark.xfail(strict=True, reason=(
     "not on the shipped weights: in this world a caption fixes nearly the whole image, so one Euler step from "
-    "sigma 1 (the conditional mean) already draws it, and later steps only roughen fill textures. Measured on "
-    "200 train-split one-object prompts (CPU, shift 3): every fact holds in 0.89 at 1 step, 0.835 at 2, 0.77 at 4, "
-    "0.75 at 8, 0.74 at 16 (benchmarks/NOTES.md, fifth session). strict: a model on which 8 steps do win turns "
-    "this into a failure, so the mark goes when the effect appears"))
+    "sigma 1 (the conditional mean) already draws it, and later steps only roughen fill textures. "
+    "`python -m llm_dit.world_model.evaluate llm_dit/models/embedded/tiny --split train --steps N`: every fact "
+    "holds in 0.845 of 200 one-object prompts at 1 step, 0.76 at 2, 0.73 at 4, 0.70 at 8, 0.68 at 16 "
+    "(benchmarks/NOTES.md, fifth session). strict: a model on which 8 steps do win turns this into a failure, "
+    "so the mark goes when the effect appears"))
 def test_one_step_scores_below_eight(shipped_runs):
     assert_lowers(comparison(shipped_runs["positive_objects"], "world_all", "steps=1"))
 
