@@ -221,3 +221,40 @@ def test_high_noise_fraction_draws_that_share_of_sigmas_from_the_top_band():
     assert float(every.min()) >= 0.98
     with pytest.raises(ValueError, match="high_noise_fraction"):
         DitStage(SETTINGS, compile=False, high_noise_fraction=1.5)
+
+
+def test_linear_probe_accuracy_is_one_on_separable_classes_and_near_chance_on_shuffled_labels():
+    import numpy as np
+
+    from llm_dit.world_model.encoder_probe import linear_probe_accuracy
+
+    rng = np.random.default_rng(0)
+    centres = {"a": rng.normal(size=8) * 5, "b": rng.normal(size=8) * 5, "c": rng.normal(size=8) * 5}
+    labels = [str(k) for k in rng.choice(list(centres), size=300)]
+    x = np.stack([centres[k] + rng.normal(size=8) * 0.1 for k in labels])
+    test_labels = [str(k) for k in rng.choice(list(centres), size=100)]
+    test_x = np.stack([centres[k] + rng.normal(size=8) * 0.1 for k in test_labels])
+    shuffled = list(rng.permutation(test_labels))
+    result = linear_probe_accuracy(x, labels, {"same": (test_x, test_labels), "shuffled": (test_x, shuffled)})
+    assert result["same"] == 1.0
+    assert result["shuffled"] < 0.6  # chance 1/3: the probe reads the features, not the labels' order
+
+
+def test_composition_probe_on_the_embedding_reads_the_noun_and_not_its_colour():
+    """Layer 0 at the noun token is the word's own embedding: its shape decodes perfectly on trained and
+    held-out colour-shape pairs alike, and it holds no colour, so on held-out pairs (whose colour never
+    occurs with that shape in the fit) the colour probe can only guess one a trained pair has: 0."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    from llm_dit.world_model.encoder_probe import composition_probe
+
+    tokenizer = load_bundled_tokenizer()
+    torch.manual_seed(0)
+    encoder = Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1, head_dim=8)).eval()
+    result = composition_probe(encoder, tokenizer, layers=[0, -1], fit_scenes=150, test_scenes=40)
+    assert set(result) == {"noun", "mean"} and set(result["noun"]) == set(result["mean"]) == {"0", "-1"}
+    assert result["noun"]["0"]["shape"] == {"trained_pairs": 1.0, "held_out_pairs": 1.0}
+    assert result["noun"]["0"]["colour"]["held_out_pairs"] == 0.0
+    assert all(0.0 <= value <= 1.0 for position in result.values() for layer in position.values()
+               for attribute in layer.values() for value in attribute.values())

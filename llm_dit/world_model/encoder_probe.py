@@ -11,6 +11,12 @@ DiT then ignored "white" vs "black" (benchmarks/NOTES.md, third session).
 `attribute_copy_accuracy` scores, per attribute kind, how often the most likely next
 token belongs to the same class as the answer's actual word (synonyms count as one
 class: "big" for "large" is right).
+
+`composition_probe` asks whether the features the DiT reads are compositional: a linear probe
+fitted on the noun token's features of trained colour-shape pairs, scored on pairs never seen
+in training. The fifth session found the shipped encoder's layer -2 entangles the two (the
+shape probe falls from 1.0 on the embedding to 0.63 on held-out pairs), which is where the
+trained model's failure on held-out pairs begins (benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from transformers import Qwen3Model
 
 from llm_dit.models.tiny import load_bundled_tokenizer
 from llm_dit.world import vocabulary as v
+from llm_dit.world.captions import caption
+from llm_dit.world.scene import HELD_OUT, sample_scene
 from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text
 
 ATTRIBUTE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -165,17 +173,112 @@ def feature_separation(encoder, tokenizer, scenes: int = 200, seed: int = 0, hid
     return result
 
 
+def linear_probe_accuracy(fit_x: np.ndarray, fit_y: Sequence[str], tests: dict[str, tuple[np.ndarray, Sequence[str]]],
+                          l2: float = 1e-3) -> dict[str, float]:
+    """Multinomial logistic regression on standardised features (L-BFGS from zeros: deterministic),
+    fitted on (`fit_x`, `fit_y`); accuracy on each named test set."""
+    classes = sorted(set(fit_y))
+    mean, std = fit_x.mean(0), fit_x.std(0) + 1e-6
+    x = torch.tensor((fit_x - mean) / std, dtype=torch.float64)
+    y = torch.tensor([classes.index(label) for label in fit_y])
+    weight = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=300)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * (weight ** 2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    result = {}
+    for name, (test_x, test_y) in tests.items():
+        scores = torch.tensor((test_x - mean) / std, dtype=torch.float64) @ weight.detach() + bias.detach()
+        predicted = [classes[i] for i in scores.argmax(1).tolist()]
+        result[name] = round(float(np.mean([p == t for p, t in zip(predicted, test_y)])), 4)
+    return result
+
+
+POSITIONS = ("noun", "mean")
+"""Where the probe reads the caption: the shape word's hidden state, or the mean over every token."""
+
+
+@torch.no_grad()
+def noun_features(encoder, tokenizer, split: str, count: int, seed: int, layers: Sequence[int],
+                  only_held_out_pairs: bool = False) -> tuple[dict[tuple[str, int], np.ndarray], list[str], list[str]]:
+    """Hidden states of one-object plain captions (diffusers' template) per (position, layer): at the
+    shape word, and averaged over the caption; with each scene's shape and colour. Captions whose
+    shape word is not one token are skipped."""
+    shape_tokens = {token for tokens in single_token_words(tokenizer)["shape"].values() for token in tokens}
+    rng = np.random.default_rng([seed, 15])
+    device = encoder.embed_tokens.weight.device
+    features: dict[tuple[str, int], list[np.ndarray]] = {(p, layer): [] for p in POSITIONS for layer in layers}
+    shapes, colours = [], []
+    while len(shapes) < count:
+        scene = sample_scene(rng, split=split, n_objects=1)
+        obj = scene.objects[0]
+        text = dit_prompt_text(caption(scene, rng, form="plain"))
+        if only_held_out_pairs and (obj.colour, obj.shape) not in HELD_OUT:
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        positions = [p for p, token in enumerate(ids) if token in shape_tokens]
+        if not positions:
+            continue
+        hidden = encoder(input_ids=torch.tensor([ids], device=device), output_hidden_states=True).hidden_states
+        for layer in layers:
+            states = hidden[layer][0].float()
+            features[("noun", layer)].append(states[positions[0]].cpu().numpy())
+            features[("mean", layer)].append(states.mean(0).cpu().numpy())
+        shapes.append(obj.shape)
+        colours.append(obj.colour)
+    return {key: np.stack(rows) for key, rows in features.items()}, shapes, colours
+
+
+def composition_probe(encoder, tokenizer, layers: Sequence[int] | None = None, fit_scenes: int = 2000,
+                      test_scenes: int = 500, seed: int = 0) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Per position (the noun token; the mean over the caption), hidden layer and attribute (shape,
+    colour): a linear probe's accuracy, fitted on train-split scenes and scored on other train-split
+    scenes ("trained_pairs") and on scenes whose colour-shape pair never occurs in training
+    ("held_out_pairs"). Shape is a chance-0.2 task, colour chance 0.125. A layer whose held-out
+    accuracy falls far below its trained one mixes the colour into the shape: a DiT reading it
+    cannot draw an unseen pair."""
+    layers = list(layers) if layers is not None else list(range(encoder.config.num_hidden_layers + 1))
+    fit = noun_features(encoder, tokenizer, "train", fit_scenes, seed, layers)
+    trained = noun_features(encoder, tokenizer, "train", test_scenes, seed + 1, layers)
+    held = noun_features(encoder, tokenizer, "heldout", test_scenes, seed + 2, layers, only_held_out_pairs=True)
+    return {
+        position: {
+            str(layer): {
+                attribute: linear_probe_accuracy(
+                    fit[0][position, layer], fit[index],
+                    {"trained_pairs": (trained[0][position, layer], trained[index]),
+                     "held_out_pairs": (held[0][position, layer], held[index])})
+                for attribute, index in (("shape", 1), ("colour", 2))
+            }
+            for layer in layers
+        }
+        for position in POSITIONS
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("text_encoder", help="a Qwen3Model folder (e.g. lightning_logs/world_model/export/text_encoder)")
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--output_head", help="the encoder stage's lm_head.safetensors, for an encoder trained with untied embeddings")
+    parser.add_argument("--composition", action="store_true",
+                        help="also the linear composition probe per hidden layer (noun token; trained vs held-out colour-shape pairs)")
     args = parser.parse_args()
     encoder = Qwen3Model.from_pretrained(args.text_encoder, torch_dtype=torch.float32).eval()
     head = load_file(args.output_head)["weight"].float() if args.output_head else None
     tokenizer = load_bundled_tokenizer()
-    print(json.dumps({"attribute_copy_accuracy": probe_encoder(encoder, tokenizer, args.scenes, output_head=head),
-                      "feature_separation": feature_separation(encoder, tokenizer)}, indent=1))
+    report = {"attribute_copy_accuracy": probe_encoder(encoder, tokenizer, args.scenes, output_head=head),
+              "feature_separation": feature_separation(encoder, tokenizer)}
+    if args.composition:
+        report["composition_probe"] = composition_probe(encoder, tokenizer)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
