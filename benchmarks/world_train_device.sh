@@ -2,6 +2,8 @@
 # Train the embedded world model on one GPU, in pieces, and hand the exports back (under $OUT).
 #   bash benchmarks/world_train_device.sh all VAE_MIN ENCODER_MIN DIT_MIN   # first piece: every stage
 #   bash benchmarks/world_train_device.sh encoders MIN NAME=FLAGS...       # encoder variants side by side, the best exported
+#        (best: highest mean copy accuracy; SELECT=composition: highest held-out shape accuracy of the
+#        composition probe at layer -2, the noun token)
 #   bash benchmarks/world_train_device.sh dit DIT_MIN [train.py options]    # a DiT piece (new, or resumed)
 # The VAE and the encoder do not depend on each other: they train side by side on the one GPU
 # (each is far too small to fill it); the DiT then trains on both exports. A DiT piece resumes
@@ -45,7 +47,9 @@ elif [ "$1" = encoders ]; then
   best=$(python3 -c "
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print(max(rows, key=lambda r: sum(r['attribute_copy_accuracy'].values()) / len(r['attribute_copy_accuracy']))['variant'])" "$OUT/encoder_variants.jsonl")
+copy = lambda r: sum(r['attribute_copy_accuracy'].values()) / len(r['attribute_copy_accuracy'])
+composition = lambda r: r['composition_probe']['noun']['-2']['shape']['held_out_pairs']
+print(max(rows, key=composition if sys.argv[2] == 'composition' else copy)['variant'])" "$OUT/encoder_variants.jsonl" "${SELECT:-copy}")
   echo "chosen encoder variant: $best"
   rm -rf "$root/export/text_encoder"; mkdir -p "$root/export" "$OUT/text_encoder"
   cp -r "$root/variants/$best/export/text_encoder" "$root/export/text_encoder"

@@ -258,3 +258,14 @@ def test_composition_probe_on_the_embedding_reads_the_noun_and_not_its_colour():
     assert result["noun"]["0"]["colour"]["held_out_pairs"] == 0.0
     assert all(0.0 <= value <= 1.0 for position in result.values() for layer in position.values()
                for attribute in layer.values() for value in attribute.values())
+
+
+def test_encoder_layers_sets_the_language_model_depth():
+    from llm_dit.world_model.config import ENCODER_CONFIG, WorldTrainingConfig
+    from llm_dit.world_model.stages import EncoderStage
+
+    assert WorldTrainingConfig().encoder_layers == ENCODER_CONFIG["num_hidden_layers"]
+    vocabulary = torch.arange(10)
+    stage = EncoderStage(SETTINGS, vocab_size=10, pad_token_id=0, vocabulary=vocabulary, num_layers=6)
+    assert len(stage.lm.model.layers) == 6 and stage.lm.config.num_hidden_layers == 6
+    assert len(EncoderStage(SETTINGS, vocab_size=10, pad_token_id=0, vocabulary=vocabulary).lm.model.layers) == ENCODER_CONFIG["num_hidden_layers"]

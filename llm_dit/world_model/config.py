@@ -104,6 +104,9 @@ class WorldTrainingConfig:
             (Qwen3-4B's choice); False trains a separate head, dropped at export.
         encoder_frozen_embeddings: encoder stage: keep the input embedding at its random start (needs an
             untied head); the layers learn to use it.
+        encoder_layers: encoder stage: its number of layers (the DiT reads layer -2; at least 6 keeps the
+            hidden-layer study's -1 .. -6 distinct). Fewer layers put -2 nearer the embedding, where the
+            noun still holds its shape for unseen colour-shape pairs (fifth session's composition probe).
         dit_frozen_timestep_embedder: DiT stage: keep the timestep embedder at its random start.
         dit_high_noise_fraction: DiT stage: share of each batch whose noise level is drawn uniformly from
             [0.98, 1] (the first sampling step) instead of the shifted logit-normal, so global attributes
@@ -127,5 +130,6 @@ class WorldTrainingConfig:
     encoder_answer_weight: float = 1.0
     encoder_tied_embeddings: bool = True
     encoder_frozen_embeddings: bool = False
+    encoder_layers: int = ENCODER_CONFIG["num_hidden_layers"]
     encoder: StageSettings = field(default_factory=lambda: StageSettings(max_steps=4000, batch_size=256, learning_rate=3e-3, weight_decay=0.01))
     dit: StageSettings = field(default_factory=lambda: StageSettings(max_steps=20000, batch_size=256, learning_rate=5e-4))

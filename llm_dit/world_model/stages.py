@@ -89,11 +89,14 @@ class EncoderStage(_Stage):
 
     def __init__(self, settings: StageSettings, vocab_size: int, pad_token_id: int, vocabulary: torch.Tensor,
                  answer_start_token_id: int | None = None, answer_weight: float = 1.0,
-                 tied_embeddings: bool = True, frozen_embeddings: bool = False) -> None:
+                 tied_embeddings: bool = True, frozen_embeddings: bool = False, num_layers: int | None = None) -> None:
         super().__init__(settings)
         if frozen_embeddings and tied_embeddings:
             raise ValueError("frozen input embeddings need an untied output head (tied_embeddings=False)")
-        self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **{**ENCODER_CONFIG, "tie_word_embeddings": tied_embeddings}))
+        shape = {**ENCODER_CONFIG, "tie_word_embeddings": tied_embeddings}
+        if num_layers is not None:
+            shape["num_hidden_layers"] = num_layers
+        self.lm = Qwen3ForCausalLM(Qwen3Config(vocab_size=vocab_size, **shape))
         self.lm.model.embed_tokens.weight.requires_grad_(not frozen_embeddings)
         self.pad_token_id = pad_token_id
         # Tokens of the assistant's answer (after the last `answer_start_token_id`) weigh `answer_weight`:

@@ -31,7 +31,7 @@ from transformers import Qwen3Model
 from llm_dit.models.tiny import load_bundled_tokenizer
 from llm_dit.world_model.config import IMAGE_SIZE, StageSettings, WorldTrainingConfig
 from llm_dit.world_model.data import build_world, chat_lm_text, dit_prompt_text, images_to_tensor
-from llm_dit.world_model.encoder_probe import feature_separation, probe_encoder
+from llm_dit.world_model.encoder_probe import composition_probe, feature_separation, probe_encoder
 from llm_dit.world_model.stages import DitStage, EncoderStage, TensorBatches, VaeStage, frozen_encoder_features
 
 Stage = Literal["vae", "encoder", "dit"]
@@ -167,7 +167,7 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     module = EncoderStage(recipe.encoder, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, vocabulary=vocabulary,
                           answer_start_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
                           answer_weight=recipe.encoder_answer_weight, tied_embeddings=recipe.encoder_tied_embeddings,
-                          frozen_embeddings=recipe.encoder_frozen_embeddings)
+                          frozen_embeddings=recipe.encoder_frozen_embeddings, num_layers=recipe.encoder_layers)
     data = _DeviceData({"ids": ids}, lambda t, i: t["ids"][i])
     steps = _fit(module, data, TensorBatches(len(ids), recipe.encoder.batch_size, recipe.seed), output_dir / "encoder", recipe.encoder.max_steps, max_minutes)
     export = output_dir / "export" / "text_encoder"
@@ -196,7 +196,9 @@ def train_encoder(recipe: WorldTrainingConfig, output_dir: Path, max_minutes: fl
     copy = probe_encoder(evaluator.lm.model, tokenizer, scenes=300, seed=recipe.seed, vocabulary=vocabulary, output_head=head)
     _log(output_dir, {"stage": "encoder", "steps": steps, "heldout_loss": loss, "heldout_perplexity": float(np.exp(loss)),
                       "attribute_copy_accuracy": {kind: round(r["accuracy"], 4) for kind, r in copy.items()},
-                      "feature_separation": feature_separation(evaluator.lm.model, tokenizer, seed=recipe.seed)})
+                      "feature_separation": feature_separation(evaluator.lm.model, tokenizer, seed=recipe.seed),
+                      # layer -2 (the DiT's): can a linear probe read the shape of an unseen colour-shape pair?
+                      "composition_probe": composition_probe(evaluator.lm.model, tokenizer, layers=[-2], seed=recipe.seed)})
 
 
 def exported_language_model(export: Path, settings: StageSettings, tokenizer, vocabulary: torch.Tensor,
