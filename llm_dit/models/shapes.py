@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# ----- the small preset (`tiny-random`; `tiny` until the trained embedded model ships) --------
+# ----- the small random preset (`tiny-random`, for unit tests; `tiny` is the trained world model) --------
 
 # Caption feature size == encoder hidden size, as in the real model (2560).
 TINY_HIDDEN = 32
