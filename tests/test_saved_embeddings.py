@@ -14,6 +14,7 @@ from safetensors import safe_open
 from llm_dit.cli import cli_main, main
 from llm_dit.encoding.options import EncodingOptions
 from llm_dit.encoding.saved import MANIFEST, SavedEmbeddings, embedding_key
+from llm_dit.models.saving import save_diffusers_folder as save_components_folder
 from llm_dit.models.tiny import build_tiny_components
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,12 +44,7 @@ def write_config(folder: Path, weights: str) -> Path:
 
 def save_diffusers_folder(folder: Path, seed: int) -> Path:
     """tiny-random as a diffusers-format folder (what a real Z-Image download looks like)."""
-    components = build_tiny_components(seed=seed)
-    for role in ("text_encoder", "transformer", "vae"):
-        getattr(components, role).save_pretrained(folder / role)
-    components.tokenizer.save_pretrained(folder / "tokenizer")
-    components.scheduler.save_pretrained(folder / "scheduler")
-    return folder
+    return save_components_folder(build_tiny_components(seed=seed), folder)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from llm_dit.models.config import EMBEDDED_ROOT, TINY
 from llm_dit.models.loading import load_diffusers_folder
+from llm_dit.models.saving import write_model_index
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
 from llm_dit.world_model.evaluate import heldout_scores
 
@@ -66,10 +67,7 @@ def ship(export: Path, destination: Path = EMBEDDED_ROOT / TINY) -> dict:
         for f in files:
             shutil.copyfile(f, destination / part / f.name)  # not the export's read-only modes
     FlowMatchEulerDiscreteScheduler(**ZIMAGE_SCHEDULER_CONFIG).save_config(destination / "scheduler")
-    index = {"_class_name": "ZImagePipeline", **{part: ["diffusers" if part != "text_encoder" else "transformers", cls]
-                                                  for part, cls in PARTS.items()},
-             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "tokenizer": ["transformers", "Qwen2Tokenizer"]}
-    (destination / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    write_model_index(destination)
     (destination / "checksums.json").write_text(json.dumps(file_checksums(destination), indent=1) + "\n")
     reference = reference_scores(destination, REFERENCE_PROMPTS)
     (destination / "reference.json").write_text(json.dumps(reference, indent=1) + "\n")
