@@ -176,9 +176,9 @@ class TensorBoardReview(Callback):
             if self.hparams:
                 self._write_hparams(writer, self.run)
         for name, fig in self._figures(self.run).items():
-            figures.save_figure(fig, run_dir / "figures" / f"{name}.png")
-            if writer is not None:
-                writer.add_figure(f"figures/{name}", fig, global_step=0, close=True)
+            path = figures.save_figure(fig, run_dir / "figures" / f"{name}.png")
+            if writer is not None:  # the file's pixels: drawing the figure again would double its cost
+                writer.add_image(f"figures/{name}", figures.png_pixels(path), global_step=0, dataformats="HWC")
         if writer is not None:
             writer.flush()
 

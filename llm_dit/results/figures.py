@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 
 MAX_LABEL = 32  # characters of a tick label; longer ones are shortened in the middle
@@ -259,3 +260,14 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     return path
+
+
+def png_pixels(path: str | Path) -> np.ndarray:
+    """A saved figure's pixels, (H, W, 3) uint8, for TensorBoard's `add_image(..., dataformats="HWC")`.
+
+    Why not `add_figure`: it draws the figure a second time (at its own dpi), and drawing is what a
+    figure costs: a 56-condition heatmap takes ~0.9 s to save and another ~0.6 s for TensorBoard
+    (benchmarks/NOTES.md). Decoding the PNG just written takes milliseconds, and TensorBoard then
+    shows exactly the file in figures/."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
