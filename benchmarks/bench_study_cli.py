@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's llm_dit, installed or not (the GPU machine's is not)
 LAUNCH = ROOT / "benchmarks" / "measured_launch.py"
 DIFFUSERS_LOOP = ROOT / "benchmarks" / "diffusers_study_loop.py"
 STUDY_CONFIG = ROOT / "configs" / "shift_steps.yaml"
