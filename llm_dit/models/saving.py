@@ -30,16 +30,12 @@ def write_model_index(folder: Path) -> Path:
     return path
 
 
-def save_diffusers_folder(components: ZImageComponents, folder: Path, with_tokenizer: bool = True) -> Path:
-    """Every component in its subfolder (safetensors) plus `model_index.json`.
-
-    `with_tokenizer=False` leaves tokenizer/ out, as the shipped `tiny` does (llm-dit then uses the
-    bundled Qwen3 tokenizer; diffusers' pipeline needs the folder)."""
+def save_diffusers_folder(components: ZImageComponents, folder: Path) -> Path:
+    """Every component in its subfolder (safetensors, the tokenizer included) plus `model_index.json`."""
     folder = Path(folder)
     for role in ("transformer", "text_encoder", "vae"):
         getattr(components, role).save_pretrained(folder / role)
     components.scheduler.save_pretrained(folder / "scheduler")
-    if with_tokenizer:
-        components.tokenizer.save_pretrained(folder / "tokenizer")
+    components.tokenizer.save_pretrained(folder / "tokenizer")
     write_model_index(folder)
     return folder
