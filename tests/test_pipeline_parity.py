@@ -61,3 +61,24 @@ def test_noise_depends_only_on_seed(module):
     alone, *_ = module.generate([make_item("A red cat", 5, steps=2)])
     batched, *_ = module.generate([make_item("A red cat", 5, steps=2), make_item("A red cat", 9, steps=2)])
     assert torch.allclose(alone[0], batched[0], atol=1e-5)
+
+
+def test_shipped_tiny_loads_in_plain_diffusers_and_matches(tmp_path):
+    """README's snippet: the trained `tiny` folder through `ZImagePipeline.from_pretrained` (tokenizer
+    given, the folder leaves it out) draws what llm-dit draws for the same prompt and seed. The dtype
+    must be given: without it diffusers loads its parts in float32 but transformers keeps the
+    encoder's stored bf16 (max pixel difference 0.05 here)."""
+    from transformers import AutoTokenizer
+
+    from llm_dit.models import bundled_tokenizer_dir, embedded_model_folder
+
+    pipe = ZImagePipeline.from_pretrained(embedded_model_folder("tiny"), torch_dtype=torch.float32,
+                                          tokenizer=AutoTokenizer.from_pretrained(bundled_tokenizer_dir()))
+    pipe.set_progress_bar_config(disable=True)
+    prompt, seed = "One cyan star against a white background.", 3
+    reference = pipe(prompt, height=64, width=64, num_inference_steps=8, guidance_scale=0.0,
+                     generator=torch.Generator().manual_seed(seed), output_type="pt").images
+    trained = ZImageModule(weights="tiny")
+    trained.configure_model()
+    ours, *_ = trained.generate([make_item(prompt, seed, steps=8)])
+    assert (ours - reference).abs().max().item() < 1e-3
