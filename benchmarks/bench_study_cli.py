@@ -242,6 +242,9 @@ def prepare_weights(folder: Path, smoke: bool) -> dict:
         shutil.rmtree(partial)
     save_diffusers_folder(components, partial)
     partial.rename(folder)
+    del components
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the runs are other processes: leave them the whole card
     return {"weights": str(folder), "built": True, "build_and_save_s": round(time.perf_counter() - started, 1)}
 
 
