@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -327,12 +328,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--caches", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
     parser.add_argument("--budget", type=float, default=None, help="seconds: start no run after this much time")
     parser.add_argument("--again", action="store_true", help="re-run runs the results file already holds")
+    parser.add_argument("--print-commands", action="store_true",
+                        help="print each run's command lines (to run a side by hand) and exit: nothing is built or run")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     studies = SMOKE_STUDIES if args.smoke else STUDIES
     work = args.work or Path("/tmp/bench_study_cli" + ("_smoke" if args.smoke else ""))
     weights = args.weights or work / ("tiny-random" if args.smoke else "random-z-image-turbo")
+    if args.print_commands:
+        setup = Setup(weights=weights, work=work, dtype="float32" if args.smoke else "bfloat16",
+                      compile=not args.smoke, batch_size=4, cuda=not args.smoke)
+        for spec in planned_runs(studies, args.caches, args.smoke):
+            if args.runs is None or spec.name in args.runs:
+                processes, _ = commands(spec, setup, work / spec.name.replace("/", "_"))
+                print(f"# {spec.name}\n" + "\n".join(" ".join(shlex.quote(part) for part in command) for command in processes))
+        return {}
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / ("bench_study_cli_smoke.json" if args.smoke else "bench_study_cli.json")

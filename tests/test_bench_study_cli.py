@@ -110,3 +110,11 @@ def test_launcher_leaves_the_targets_options_to_the_target(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "measured_launch.py"), "--record", str(record),
                              "-m", "json.tool", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0 and "json.tool" in result.stdout and record.is_file()
+
+
+def test_print_commands_builds_and_runs_nothing(tmp_path, capsys):
+    assert bench.main(["--print-commands", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                       "--runs", "diffusers/study16/warm"]) == {}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "# diffusers/study16/warm" and "diffusers_study_loop.py" in printed[1]
+    assert "--compile dit+vae" in printed[1] and not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
