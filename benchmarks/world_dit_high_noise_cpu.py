@@ -30,7 +30,7 @@ from llm_dit.training.objective import noisy_latents, velocity_target
 from llm_dit.world.score import summary
 from llm_dit.world_model.batched import batched_forward
 from llm_dit.world_model.config import StageSettings, WorldTrainingConfig
-from llm_dit.world_model.evaluate import heldout_scores
+from llm_dit.world_model.evaluate import bar_scores
 from llm_dit.world_model.stages import DitStage
 from llm_dit.world_model.train import caption_batch, dit_tensors
 
@@ -55,7 +55,7 @@ def caption_pull(components) -> dict[str, float]:
 
 
 def evaluate_one_object(components, count: int) -> dict:
-    facts = summary(heldout_scores(components, "one_object", count)[1])
+    facts = summary(bar_scores(components, "one_object", count)[1])
     return {kind: facts[kind]["accuracy"] for kind in ("all_hold", "presence", "colour", "size", "style", "background")}
 
 

@@ -87,16 +87,16 @@ def test_wilson_interval_matches_its_closed_form():
     assert wilson(0, 10)[0] == 0.0 and abs(wilson(0, 10)[1] - 0.2775) < 1e-4
 
 
-def test_heldout_prompts_hold_heldout_combinations():
+def test_bar_prompts_hold_heldout_combinations_and_the_train_split_none():
     from llm_dit.world.parse import expected_facts
-    from llm_dit.world_model.evaluate import heldout_prompts
+    from llm_dit.world_model.evaluate import bar_prompts
 
     for kind, objects in (("one_object", 1), ("colour_binding", 2)):
-        pairs = heldout_prompts(kind, 10)
+        pairs = bar_prompts(kind, 10)
         for scene, prompt in pairs:
             assert scene.held_out and len(scene.objects) == objects
             assert len(expected_facts(prompt).objects) == objects
         if kind == "colour_binding":
             assert all(a.colour != b.colour and a.shape != b.shape for a, b in (s.objects for s, _ in pairs))
-        trained = heldout_prompts(kind, 10, split="train")  # the memorisation-vs-composition contrast
+        trained = bar_prompts(kind, 10, split="train")  # the memorisation-vs-composition contrast
         assert all(not scene.held_out and len(scene.objects) == objects for scene, _ in trained)

@@ -35,10 +35,11 @@ from llm_dit.world.score import SceneScore, score_image, summary
 EVAL_SEED = 4242
 
 
-def heldout_prompts(kind: str, count: int, seed: int = EVAL_SEED, split: str = "heldout") -> list[tuple[Scene, str]]:
-    """`one_object`: one held-out object; `colour_binding`: two objects of different colours and
-    shapes, at least one a held-out combination. Plain-form captions (every attribute stated).
-    `split="train"`: the same kinds of scene, with only trained combinations."""
+def bar_prompts(kind: str, count: int, seed: int = EVAL_SEED, split: str = "heldout") -> list[tuple[Scene, str]]:
+    """The prompts of issue 18's bar. `one_object`: one held-out object; `colour_binding`: two objects
+    of different colours and shapes, at least one a held-out combination. Plain-form captions (every
+    attribute stated). `split="train"`: the same kinds of scene, with only trained combinations (the
+    memorisation-vs-composition contrast)."""
     rng = np.random.default_rng([seed, 0 if kind == "one_object" else 1])
     pairs = []
     while len(pairs) < count:
@@ -78,10 +79,10 @@ def generate(components: ZImageComponents, prompts: list[str], seeds: list[int],
     return np.concatenate(images)
 
 
-def heldout_scores(components: ZImageComponents, kind: str, count: int, size: int = 64, split: str = "heldout",
+def bar_scores(components: ZImageComponents, kind: str, count: int, size: int = 64, split: str = "heldout",
                    steps: int = 8) -> tuple[list[str], list[SceneScore]]:
     """The `count` prompts of `kind` (held-out split unless told), each generated once (seed = its index) and scored."""
-    prompts = [p for _, p in heldout_prompts(kind, count, split=split)]
+    prompts = [p for _, p in bar_prompts(kind, count, split=split)]
     images = generate(components, prompts, list(range(count)), size, steps)
     return prompts, [score_image(image, prompt) for image, prompt in zip(images, prompts)]
 
@@ -91,7 +92,7 @@ def evaluate(components: ZImageComponents, count: int = 200, size: int = 64, spl
     results = {}
     for kind in ("one_object", "colour_binding"):
         start = time.perf_counter()
-        _, scores = heldout_scores(components, kind, count, size, split, steps)
+        _, scores = bar_scores(components, kind, count, size, split, steps)
         correct = sum(score.all_hold for score in scores)
         low, high = wilson(correct, count)
         results[kind] = {"accuracy": correct / count, "wilson_low": low, "wilson_high": high, "n": count,

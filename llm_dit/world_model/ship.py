@@ -24,7 +24,7 @@ from llm_dit.models.config import EMBEDDED_ROOT, TINY
 from llm_dit.models.loading import load_diffusers_folder
 from llm_dit.models.saving import write_model_index
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
-from llm_dit.world_model.evaluate import heldout_scores
+from llm_dit.world_model.evaluate import bar_scores
 
 PARTS = {"transformer": "ZImageTransformer2DModel", "text_encoder": "Qwen3Model", "vae": "AutoencoderKL"}
 REFERENCE_PROMPTS = 8
@@ -44,7 +44,7 @@ def reference_scores(folder: Path, prompts_per_kind: int = REFERENCE_PROMPTS) ->
     components = load_diffusers_folder(str(folder), dtype=torch.float32)
     images = []
     for kind in ("one_object", "colour_binding"):
-        prompts, scores = heldout_scores(components, kind, prompts_per_kind)
+        prompts, scores = bar_scores(components, kind, prompts_per_kind)
         images += [{"kind": kind, "prompt": p, "seed": seed, "all_hold": bool(score.all_hold), "facts": score.fraction}
                    for seed, (p, score) in enumerate(zip(prompts, scores))]
     return {"sampler": {"steps": 8, "shift": 3.0, "guidance_scale": 0.0, "size": 64, "dtype": "float32", "device": "cpu"},
