@@ -80,7 +80,7 @@ def generate(components: ZImageComponents, prompts: list[str], seeds: list[int],
 
 
 def bar_scores(components: ZImageComponents, kind: str, count: int, size: int = 64, split: str = "heldout",
-                   steps: int = 8) -> tuple[list[str], list[SceneScore]]:
+               steps: int = 8) -> tuple[list[str], list[SceneScore]]:
     """The `count` prompts of `kind` (held-out split unless told), each generated once (seed = its index) and scored."""
     prompts = [p for _, p in bar_prompts(kind, count, split=split)]
     images = generate(components, prompts, list(range(count)), size, steps)

@@ -26,7 +26,8 @@ from llm_dit.models.saving import write_model_index
 from llm_dit.models.tiny import ZIMAGE_SCHEDULER_CONFIG
 from llm_dit.world_model.evaluate import bar_scores
 
-PARTS = {"transformer": "ZImageTransformer2DModel", "text_encoder": "Qwen3Model", "vae": "AutoencoderKL"}
+PARTS = ("transformer", "text_encoder", "vae")
+"""The exported models' folders (their classes: llm_dit.models.saving.MODEL_INDEX)."""
 REFERENCE_PROMPTS = 8
 """Held-out prompts per kind (one object, colour binding) in the reference score: small enough for a test on 2 cores."""
 MAX_FILE_BYTES = 16 * 2**20
