@@ -88,7 +88,6 @@ class Setup:
     dtype: str
     compile: bool
     batch_size: int
-    cuda: bool
 
 
 @dataclass
@@ -187,7 +186,9 @@ def run_one(spec: RunSpec, setup: Setup) -> dict:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "prompts.txt").write_text("\n".join(spec.study.prompts) + "\n")
-    cache_dir = setup.work / "cache" / spec.side
+    # one cache folder per program: the low-memory runs are llm-dit too, so "warm" means warm for them
+    # (fp8's graphs excepted: they are compiled first by ours_12gib)
+    cache_dir = setup.work / "cache" / ("diffusers" if spec.side == "diffusers" else "ours")
     if spec.cache == "cold" and cache_dir.exists():
         shutil.rmtree(cache_dir)
     env = cache_env(cache_dir)
@@ -307,7 +308,8 @@ def table(report: dict) -> str:
         cells = [r.get(k, "—") for k in ("first_image_s", "last_image_s", "after_last_image_s", "end_to_end_s",
                                          "steady_images_per_h", "cuda_max_allocated_gib", "cuda_max_reserved_gib",
                                          "max_rss_gib")]
-        lines.append(f"| {name} | {r.get('images')}{'' if r.get('complete') else ' (incomplete)'} | "
+        images = f"skipped ({r['skipped']})" if "skipped" in r else f"{r.get('images')}{'' if r.get('complete') else ' (incomplete)'}"
+        lines.append(f"| {name} | {images} | "
                      + " | ".join(map(str, cells)) + " |")
     for study_cache, ratio in report.get("comparisons", {}).items():
         images = ratio.get("images") or {}
@@ -336,9 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     studies = SMOKE_STUDIES if args.smoke else STUDIES
     work = args.work or Path("/tmp/bench_study_cli" + ("_smoke" if args.smoke else ""))
     weights = args.weights or work / ("tiny-random" if args.smoke else "random-z-image-turbo")
+    setup = Setup(weights=weights, work=work, dtype="float32" if args.smoke else "bfloat16",
+                  compile=not args.smoke, batch_size=4)
     if args.print_commands:
-        setup = Setup(weights=weights, work=work, dtype="float32" if args.smoke else "bfloat16",
-                      compile=not args.smoke, batch_size=4, cuda=not args.smoke)
         for spec in planned_runs(studies, args.caches, args.smoke):
             if args.runs is None or spec.name in args.runs:
                 processes, _ = commands(spec, setup, work / spec.name.replace("/", "_"))
@@ -354,22 +356,20 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     report["machine"] = {"python": platform.python_version(), "torch": torch.__version__,
                          "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"}
-    setup = Setup(weights=weights, work=work, dtype="float32" if args.smoke else "bfloat16",
-                  compile=not args.smoke, batch_size=4, cuda=cuda)
     report.setdefault("import_llm_dit_cli_s", import_seconds())
     for spec in planned_runs(studies, args.caches, args.smoke):
         if args.runs is not None and spec.name not in args.runs:
             continue
-        if spec.name in report["runs"] and not args.again:
+        done = spec.name in report["runs"] and "skipped" not in report["runs"][spec.name]
+        if done and not args.again:
             continue
         if args.budget is not None and time.perf_counter() - started > args.budget:
-            report["runs"].setdefault(spec.name, {"skipped": "budget"})
+            report["runs"][spec.name] = {"skipped": "budget"}  # a later call runs it
             continue
         print(f"[bench_study_cli] {spec.name} ...", file=sys.stderr, flush=True)
         report["runs"][spec.name] = run_one(spec, setup)
-        report["comparisons"] = comparisons({k: v for k, v in report["runs"].items() if "skipped" not in v})
         results_path.write_text(json.dumps(report, indent=1) + "\n")  # after every run: nothing lost to a timeout
-    report["comparisons"] = comparisons({k: v for k, v in report["runs"].items() if "skipped" not in v})
+    report["comparisons"] = comparisons(report["runs"])  # pairs of complete runs only; skipped ones have no "complete"
     results_path.write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
     print(f"results: {results_path}", file=sys.stderr)

@@ -59,7 +59,7 @@ def test_comparisons_are_diffusers_over_ours(tmp_path):
 
 
 def test_low_memory_runs_encode_first_then_predict_from_saved_features(tmp_path):
-    setup = bench.Setup(weights=tmp_path / "w", work=tmp_path, dtype="bfloat16", compile=True, batch_size=4, cuda=True)
+    setup = bench.Setup(weights=tmp_path / "w", work=tmp_path, dtype="bfloat16", compile=True, batch_size=4)
     runs = {spec.side: spec for spec in bench.planned_runs(bench.STUDIES, ["cold", "warm"], smoke=False)}
     assert (runs["ours_16gib"].cap_gib, runs["ours_12gib"].cap_gib) == (16.0, 12.0)
     processes, _ = bench.commands(runs["ours_12gib"], setup, tmp_path / "run")
